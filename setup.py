@@ -1,0 +1,4 @@
+"""Packaging shim: all metadata and settings live in setup.cfg."""
+from setuptools import setup
+
+setup()

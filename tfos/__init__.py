@@ -1,0 +1,40 @@
+"""tfos: TensorFlow distributed training and inference inside Apache Spark.
+
+The public surface is re-exported here; every other module is private. Importing
+tfos does not import TensorFlow: nodes import it inside ``main_fun``.
+"""
+
+from tfos._version import __version__
+from tfos.config import ClusterConfig, InputMode
+from tfos.driver._cluster import Cluster, ClusterState, run
+from tfos.errors import (
+    AuthError,
+    FeedDataError,
+    FeedTimeoutError,
+    NodeError,
+    NodeFailedError,
+    ProtocolError,
+    ReservationTimeoutError,
+    TFOSConfigError,
+    TFOSError,
+)
+from tfos.executor._context import NodeContext
+
+__all__ = [
+    "AuthError",
+    "Cluster",
+    "ClusterConfig",
+    "ClusterState",
+    "FeedDataError",
+    "FeedTimeoutError",
+    "InputMode",
+    "NodeContext",
+    "NodeError",
+    "NodeFailedError",
+    "ProtocolError",
+    "ReservationTimeoutError",
+    "TFOSConfigError",
+    "TFOSError",
+    "__version__",
+    "run",
+]

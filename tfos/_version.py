@@ -1,0 +1,3 @@
+"""Package version (both driver and executors)."""
+
+__version__ = "0.1.0"

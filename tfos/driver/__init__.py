@@ -1,0 +1,1 @@
+"""Code that runs in the Spark driver: cluster lifecycle, control server, template."""

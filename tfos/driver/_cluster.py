@@ -1,0 +1,357 @@
+"""Cluster lifecycle (driver): ``tfos.run`` and the ``Cluster`` it returns.
+
+``run`` validates its arguments, starts the control server, and launches one Spark
+job with one task per executor (``NodeLauncher``) in a background thread under a job
+group of its own; it returns once every node has registered. ``shutdown`` closes the
+feeds, waits for the chief and workers, stops the remaining nodes and the server,
+and cancels whatever is left of the cluster's Spark jobs.
+"""
+
+from __future__ import annotations
+
+import atexit
+import enum
+import logging
+import os
+import re
+import secrets
+import sys
+import threading
+import time
+import uuid
+import weakref
+from typing import TYPE_CHECKING, Any, Callable
+
+from tfos import _constants as C
+from tfos.config import ClusterConfig, InputMode
+from tfos.driver._server import FAILED, FINISHED, ControlServer, NodeStatus
+from tfos.driver._template import cluster_template
+from tfos.errors import NodeError, ReservationTimeoutError, TFOSConfigError, TFOSError
+from tfos.executor._bootstrap import FEEDING_JOBS, NodeLauncher
+
+if TYPE_CHECKING:
+    from pyspark import SparkContext
+
+log = logging.getLogger(__name__)
+
+_LOCAL_CLUSTER = re.compile(r"local-cluster\[\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\]")
+
+
+class ClusterState(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+def run(sc: SparkContext, main_fun: Callable[[Any, Any], Any], tf_args: Any, num_executors: int, num_ps: int = 0,
+        tensorboard: bool = False, input_mode: InputMode = InputMode.TENSORFLOW, log_dir: str | None = None,
+        master_node: str | None = "chief", eval_node: bool = False, reservation_timeout: float = 600,
+        release_port: bool = True) -> Cluster:
+    """Starts a TensorFlow cluster with one node per Spark executor.
+
+    Args:
+        sc: the SparkContext; its executors host the nodes (one task slot each).
+        main_fun: ``main_fun(args, ctx)``, run on every node with ``ctx`` a NodeContext.
+        tf_args: passed to main_fun as ``args`` (anything picklable: argparse Namespace, dict, list).
+        num_executors: number of nodes, one per executor.
+        num_ps: number of parameter-server nodes (the first executors).
+        tensorboard: start TensorBoard on the chief, serving ``log_dir``.
+        input_mode: InputMode.TENSORFLOW (nodes read their own data) or InputMode.SPARK (fed by
+            ``Cluster.train`` / ``Cluster.inference``).
+        log_dir: TensorBoard log directory, resolved like ``ctx.absolute_path``.
+        master_node: ``'chief'`` (default), ``'master'``, or None for workers only.
+        eval_node: make one executor an ``'evaluator'`` node.
+        reservation_timeout: seconds to wait for every node to register.
+        release_port: release the node's reserved TF port before main_fun (else call
+            ``ctx.release_port()``).
+
+    Returns:
+        The running Cluster; also a context manager that shuts it down on exit.
+
+    Raises:
+        TFOSConfigError: bad arguments or Spark settings, before any Spark job starts.
+        ReservationTimeoutError: not all nodes registered within reservation_timeout.
+        NodeError: a node task failed while starting.
+    """
+    config = ClusterConfig(main_fun=main_fun, num_executors=num_executors, num_ps=num_ps, tensorboard=tensorboard,
+                           input_mode=input_mode, log_dir=log_dir, master_node=master_node, eval_node=eval_node,
+                           reservation_timeout=reservation_timeout, release_port=release_port)
+    cluster = Cluster(sc, config, tf_args)
+    cluster._start()
+    return cluster
+
+
+class Cluster:
+    """A running TensorFlow cluster on Spark executors, returned by :func:`tfos.run`."""
+
+    def __init__(self, sc: SparkContext, config: ClusterConfig, tf_args: Any) -> None:
+        self.sc = sc
+        self.config = config
+        self.state = ClusterState.STARTING
+        self.cluster_id = uuid.uuid4().hex
+        self.job_group = f"tfos-{self.cluster_id[:12]}"
+        self.template = cluster_template(config.num_executors, config.num_ps, config.master_node, config.eval_node)
+        local_mode = _preflight(sc, config)
+        self._main = _pickle_main(config.main_fun, tf_args)
+        self._secret = secrets.token_hex(16)
+        self._server = ControlServer(self.template, self._secret, local_mode=local_mode)
+        self._node_job: threading.Thread | None = None
+        self._node_job_error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._atexit = None
+
+    # ---- public surface ------------------------------------------------------------------
+    @property
+    def cluster_spec(self) -> dict[str, list[str]]:
+        """TensorFlow's cluster spec: ``{job: ["host:port", ...]}``."""
+        return self._server.cluster_spec()
+
+    @property
+    def cluster_info(self) -> list[dict[str, Any]]:
+        """One dict per node: executor_id, job_name, task_index, host, port, hostname, pid, ports."""
+        return self._server.cluster_info()
+
+    @property
+    def tensorboard_url(self) -> str | None:
+        """``http://host:port`` of TensorBoard on the chief, or None when not started."""
+        for node in self._server.cluster_info():
+            if node.get("tb_port"):
+                return f"http://{node['host']}:{node['tb_port']}"
+        return None
+
+    def shutdown(self, grace_secs: float = 0, timeout: float = 259200) -> None:
+        """Stops the cluster: waits for chief and workers, then stops every node.
+
+        Idempotent. In InputMode.SPARK the feeds are closed first, so ``should_stop()``
+        turns true on every node once its buffered data is consumed.
+
+        Args:
+            grace_secs: seconds to let serving nodes (ps, evaluator) run after the
+                workers finished, e.g. for a last evaluation.
+            timeout: seconds to wait for the chief and workers to finish main_fun;
+                after that they are stopped and TFOSError is raised.
+
+        Raises:
+            NodeError: a node's main_fun raised (with the remote traceback).
+            TFOSError: the workers did not finish within ``timeout``.
+        """
+        with self._lock:
+            if self.state in (ClusterState.STOPPED, ClusterState.FAILED):
+                return
+            self.state = ClusterState.STOPPING
+        started = time.monotonic()
+        error: BaseException | None = None
+        try:
+            workers = [eid for eid, (job, _) in self.template.items() if job in FEEDING_JOBS]
+            if self.config.input_mode == InputMode.SPARK:
+                self._server.post({"type": "feed_close"}, workers)
+            nodes = self._server.nodes()
+            done = self._server.wait(
+                lambda: all(nodes[e].state in (FINISHED, FAILED) for e in workers) or self._first_failure() is not None,
+                timeout=timeout)
+            error = self._first_failure()
+            if error is None and not done:
+                running = [_role(nodes[e]) for e in workers if nodes[e].state not in (FINISHED, FAILED)]
+                error = TFOSError(f"{', '.join(running)} still running {timeout}s after shutdown() began; "
+                                  "stopped them. Raise shutdown(timeout=...) if training needs longer.")
+            if grace_secs and error is None:
+                time.sleep(grace_secs)  # the user asked serving nodes to keep running this long
+        finally:
+            self._teardown("cluster shut down")
+        log.info("tfos cluster shut down in %.2fs", time.monotonic() - started)
+        if error is not None:
+            self.state = ClusterState.FAILED
+            raise error
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.shutdown()
+            return
+        try:
+            self.shutdown(timeout=30)
+        except TFOSError:
+            log.exception("shutdown after an error in the with-block failed as well")
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def _start(self) -> None:
+        sc, config = self.sc, self.config
+        bind_host, advertised = _server_hosts(sc)
+        port = self._server.start(bind_host)
+        launcher = NodeLauncher(
+            cluster_id=self.cluster_id, server_address=f"{advertised}:{port}", secret=self._secret,
+            template=self.template, input_mode=int(config.input_mode), tensorboard=config.tensorboard,
+            log_dir=config.log_dir, release_port=config.release_port,
+            reservation_timeout=float(config.reservation_timeout), default_fs=_default_fs(sc), main=self._main,
+        )
+        self._node_job = _spark_job_thread(sc, self.job_group, "tfos nodes", self._run_nodes, launcher)
+        started = time.monotonic()
+        n = len(self.template)
+        registered = self._server.wait(
+            lambda: self._server.registered() == n or bool(self._server.launch_errors())
+            or self._node_job_error is not None,
+            timeout=config.reservation_timeout)
+        errors = self._server.launch_errors()
+        if errors or self._node_job_error is not None or not registered or self._server.registered() < n:
+            self._teardown("reservation failed")
+            self.state = ClusterState.FAILED
+            if errors:
+                eid, err = sorted(errors.items())[0]
+                job, index = self.template[eid]
+                raise NodeError(f"node {job}:{index} (executor_id {eid}) failed to start: {err['message']}\n"
+                                f"--- remote traceback ---\n{err['traceback']}", job_name=job, task_index=index,
+                                executor_id=eid, host=None, remote_traceback=err["traceback"])
+            if self._node_job_error is not None:
+                raise TFOSError(f"the Spark job hosting the nodes failed: {self._node_job_error}") \
+                    from self._node_job_error
+            raise ReservationTimeoutError(self._timeout_message(), registered=self._server.registered(), expected=n)
+        self.state = ClusterState.RUNNING
+        self._atexit = _register_atexit(self)
+        log.info("tfos cluster of %d nodes registered in %.2fs: %s", n, time.monotonic() - started,
+                 self.cluster_spec)
+
+    def _run_nodes(self, launcher: NodeLauncher) -> None:
+        n = len(self.template)
+        try:
+            self.sc.parallelize(range(n), n).mapPartitions(launcher).collect()
+        except BaseException as exc:  # noqa: BLE001 - surfaced by run()/shutdown()
+            if self.state in (ClusterState.STARTING, ClusterState.RUNNING):
+                self._node_job_error = exc
+            log.debug("node job ended: %s", exc)
+        finally:
+            self._server.wake()
+
+    def _timeout_message(self) -> str:
+        n, got = len(self.template), self._server.registered()
+        executors = _live_executors(self.sc)
+        missing = [f"{job}:{i}" for eid, (job, i) in sorted(self.template.items())
+                   if eid not in self._server.nodes()]
+        return (
+            f"only {got} of {n} tfos nodes registered within reservation_timeout={self.config.reservation_timeout}s "
+            f"(missing: {', '.join(missing)}); Spark has {executors} executor(s). Usual causes: fewer executors "
+            f"than num_executors={n} (set spark.executor.instances / spark.cores.max), executors running more "
+            "than one task at a time (set spark.task.cpus equal to spark.executor.cores), dynamic allocation on "
+            "(set spark.dynamicAllocation.enabled=false), or other jobs holding the executors. Raise "
+            "reservation_timeout if executors start slowly."
+        )
+
+    def _first_failure(self) -> NodeError | None:
+        for eid, node in sorted(self._server.nodes().items()):
+            if node.state == FAILED and node.error is not None:
+                info, err = node.info, node.error
+                return NodeError(
+                    f"main_fun failed on {_role(node)} (host {info['host']}, executor_id {eid}): "
+                    f"{err['message']}\n--- remote traceback ---\n{err['traceback']}",
+                    job_name=info["job_name"], task_index=info["task_index"], host=info["host"],
+                    executor_id=eid, remote_traceback=err["traceback"])
+        return None
+
+    def _teardown(self, reason: str) -> None:
+        """Stops every node and the server, cancels the cluster's Spark jobs. Bounded."""
+        nodes = self._server.nodes()
+        self._server.post({"type": "stop", "reason": reason})
+        self._server.wait(lambda: all(n.exited or n.state == "registered" for n in nodes.values()), timeout=15)
+        self._server.abort(reason)
+        if self._node_job is not None:
+            self._node_job.join(timeout=5)
+            if self._node_job.is_alive():
+                self.sc.cancelJobGroup(self.job_group)
+                self._node_job.join(timeout=10)
+        self._server.stop()
+        if self._atexit is not None:
+            atexit.unregister(self._atexit)
+            self._atexit = None
+        with self._lock:
+            if self.state != ClusterState.FAILED:
+                self.state = ClusterState.STOPPED
+
+
+def _role(node: NodeStatus) -> str:
+    return f"{node.info['job_name']}:{node.info['task_index']}"
+
+
+def _spark_job_thread(sc: SparkContext, group: str, description: str, target: Callable[..., None],
+                      *args: Any) -> threading.Thread:
+    """Runs ``target(*args)`` in a thread whose Spark jobs belong to ``group``."""
+    from pyspark import InheritableThread
+
+    def body() -> None:
+        sc.setJobGroup(group, description, interruptOnCancel=True)
+        target(*args)
+
+    thread = InheritableThread(target=body, name=f"{group}-{description}", daemon=True)
+    thread.start()
+    return thread
+
+
+def _register_atexit(cluster: Cluster) -> Callable[[], None]:
+    ref = weakref.ref(cluster)
+
+    def stop_at_exit() -> None:
+        live = ref()
+        if live is not None and live.state == ClusterState.RUNNING:
+            log.warning("interpreter exiting: shutting down the tfos cluster")
+            live._teardown("driver exiting")
+
+    atexit.register(stop_at_exit)
+    return stop_at_exit
+
+
+def _pickle_main(main_fun: Callable[..., Any], tf_args: Any) -> bytes:
+    from pyspark import cloudpickle
+
+    try:
+        return cloudpickle.dumps((main_fun, tf_args))
+    except Exception as exc:
+        raise TFOSConfigError(f"main_fun and tf_args must be picklable to reach the executors: {exc}") from exc
+
+
+def _preflight(sc: SparkContext, config: ClusterConfig) -> bool:
+    """Rejects Spark settings that break reservation; returns True in local (single-JVM) mode."""
+    conf = sc.getConf()
+    if conf.get("spark.dynamicAllocation.enabled", "false").lower() == "true":
+        raise TFOSConfigError("spark.dynamicAllocation.enabled=true: executors come and go, so tfos nodes cannot "
+                              "be pinned to them. Set spark.dynamicAllocation.enabled=false.")
+    master = sc.master or ""
+    local_cluster = _LOCAL_CLUSTER.match(master)
+    task_cpus = int(conf.get("spark.task.cpus", "1"))
+    cores = int(local_cluster.group(2)) if local_cluster else int(conf.get("spark.executor.cores", "0"))
+    if cores and cores // task_cpus > 1:
+        raise TFOSConfigError(f"executors have {cores // task_cpus} task slots ({cores} cores, spark.task.cpus="
+                              f"{task_cpus}), so two tfos nodes could share one. Set spark.task.cpus={cores}.")
+    executors = int(local_cluster.group(1)) if local_cluster else int(conf.get("spark.executor.instances", "0"))
+    if executors and executors < config.num_executors:
+        raise TFOSConfigError(f"num_executors={config.num_executors} but the Spark application has only "
+                              f"{executors} executors; lower num_executors or add executors.")
+    user_python = conf.get("spark.pyspark.python", None) or os.environ.get("PYSPARK_PYTHON")
+    if not user_python and sc.pythonExec != sys.executable:
+        log.info("PYSPARK_PYTHON not set: executors will run %s like the driver", sys.executable)
+        sc.pythonExec = sys.executable
+    return master.startswith("local") and not local_cluster
+
+
+def _server_hosts(sc: SparkContext) -> tuple[str, str]:
+    """(address the control server binds, address nodes use to reach it)."""
+    import socket
+
+    override = C.get_str(C.SERVER_HOST)
+    if override:
+        return override, override
+    conf = sc.getConf()
+    advertised = conf.get("spark.driver.host", None) or socket.gethostbyname(socket.gethostname())
+    return conf.get("spark.driver.bindAddress", None) or "0.0.0.0", advertised
+
+
+def _default_fs(sc: SparkContext) -> str:
+    return sc._jsc.hadoopConfiguration().get("fs.defaultFS") or "file:///"
+
+
+def _live_executors(sc: SparkContext) -> int:
+    try:
+        return max(0, sc._jsc.sc().getExecutorMemoryStatus().size() - 1)
+    except Exception:  # noqa: BLE001 - diagnostics only
+        return -1

@@ -1,0 +1,245 @@
+"""The driver's control server (driver): reservation, node status, node mailboxes.
+
+Nodes register (host, ports, role), long-poll until every node has registered and
+then receive the cluster spec. After that each node long-polls its mailbox for
+events (end of an epoch's feed, stop) and reports its state. All state lives here,
+guarded by one condition variable; the Cluster reads it through the methods below.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from tfos import _constants as C
+from tfos._rpc import serve
+from tfos.driver._template import Role, cluster_spec
+from tfos.errors import ProtocolError
+
+log = logging.getLogger(__name__)
+
+#: Node states reported by nodes, in lifecycle order.
+RUNNING, FINISHED, FAILED = "running", "finished", "failed"
+_STATES = (RUNNING, FINISHED, FAILED)
+#: Fields a node registers; all become public in cluster_info.
+_REGISTER_FIELDS = {"executor_id": int, "job_name": str, "task_index": int, "host": str, "port": int,
+                    "hostname": str, "workdir": str, "pid": int}
+_OPTIONAL_PORTS = ("tb_port", "feed_port")
+
+
+@dataclass
+class NodeStatus:
+    info: dict[str, Any]
+    state: str = "registered"
+    error: dict[str, Any] | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    last_seen: float = field(default_factory=time.monotonic)
+    exited: bool = False
+
+
+class ControlServer:
+    """Serves the control plane for one cluster; see the module docstring."""
+
+    def __init__(self, template: dict[int, Role], secret: str, *, local_mode: bool = False) -> None:
+        self.template = template
+        self._secret = secret
+        self._local_mode = local_mode
+        self._cond = threading.Condition()
+        self._nodes: dict[int, NodeStatus] = {}
+        self._abort_reason: str | None = None
+        self._feed_errors: list[dict[str, Any]] = []
+        self._launch_errors: dict[int, dict[str, str]] = {}
+        self._terminated: set[str] = set()
+        self._listeners: list[Callable[[], None]] = []
+        self._server = None
+        self.port = 0
+
+    # ---- lifecycle -------------------------------------------------------------------
+    def start(self, host: str) -> int:
+        handlers = {"Register": self._register, "AwaitSpec": self._await_spec, "Poll": self._poll,
+                    "Report": self._report, "FeedError": self._feed_error, "Terminate": self._terminate}
+        # Every node holds one long-poll at a time; leave room for reports and feeders.
+        workers = 2 * len(self.template) + 16
+        self._server, self.port = serve(handlers, self._secret, host, C.port_range(C.SERVER_PORT), workers)
+        return self.port
+
+    def stop(self) -> None:
+        with self._cond:
+            self._abort_reason = self._abort_reason or "cluster stopped"
+            self._cond.notify_all()
+        if self._server is not None:
+            self._server.stop(grace=0.5).wait(2)
+            self._server = None
+
+    def abort(self, reason: str) -> None:
+        """Wakes every waiting node with ``reason``; registration stops succeeding."""
+        with self._cond:
+            self._abort_reason = reason
+            self._cond.notify_all()
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Calls ``listener`` (under no lock) after every node report or feed error."""
+        self._listeners.append(listener)
+
+    # ---- RPC handlers (run on gRPC threads) ------------------------------------------
+    def _register(self, msg: dict[str, Any]) -> dict[str, Any]:
+        info = {name: _field(msg, name, kind) for name, kind in _REGISTER_FIELDS.items()}
+        info.update({name: _field(msg, name, int) for name in _OPTIONAL_PORTS if msg.get(name) is not None})
+        eid = info["executor_id"]
+        expected = self.template.get(eid)
+        if expected is None:
+            raise ProtocolError(f"executor_id {eid} is not part of this cluster")
+        if (info["job_name"], info["task_index"]) != expected:
+            raise ProtocolError(f"executor_id {eid} must register as {expected[0]}:{expected[1]}")
+        with self._cond:
+            if self._abort_reason:
+                return {"ok": False, "reason": self._abort_reason}
+            for other_id, other in self._nodes.items():
+                same_place = (other.info["hostname"], other.info["workdir"]) == (info["hostname"], info["workdir"])
+                if other_id != eid and same_place and not self._local_mode:
+                    return {"ok": False, "reason": (
+                        f"executor_id {eid} landed on the same Spark executor as executor_id {other_id} "
+                        f"({info['hostname']}:{info['workdir']}): executors run more than one task at a time. "
+                        "Set spark.task.cpus equal to spark.executor.cores (one task slot per executor).")}
+            self._nodes[eid] = NodeStatus(info)
+            self._cond.notify_all()
+        log.debug("registered %s:%s at %s:%s", info["job_name"], info["task_index"], info["host"], info["port"])
+        return {"ok": True}
+
+    def _await_spec(self, msg: dict[str, Any]) -> dict[str, Any]:
+        _field(msg, "executor_id", int)
+        with self._cond:
+            self._cond.wait_for(self._ready_or_aborted, timeout=C.get_float(C.POLL_HOLD_SECS))
+            if self._abort_reason:
+                return {"ready": False, "aborted": self._abort_reason}
+            if not self._all_registered():
+                return {"ready": False}
+            return {"ready": True, "cluster_spec": self.cluster_spec(), "cluster_info": self.cluster_info()}
+
+    def _poll(self, msg: dict[str, Any]) -> dict[str, Any]:
+        node = self._node(msg)
+        seq = _field(msg, "seq", int)
+        with self._cond:
+            node.last_seen = time.monotonic()
+            if isinstance(msg.get("stats"), dict):
+                node.stats = msg["stats"]
+            self._cond.wait_for(lambda: len(node.events) > seq or self._abort_reason is not None,
+                                timeout=C.get_float(C.POLL_HOLD_SECS))
+            events = node.events[seq:]
+            if self._abort_reason and not any(e["type"] == "stop" for e in node.events):
+                events.append({"type": "stop", "reason": self._abort_reason})
+            return {"events": events, "seq": seq + len(events)}
+
+    def _report(self, msg: dict[str, Any]) -> dict[str, Any]:
+        state = _field(msg, "state", str)
+        if state not in _STATES and state != "exited":
+            raise ProtocolError(f"unknown state {state!r}")
+        eid = _field(msg, "executor_id", int)
+        if eid not in self._nodes and eid in self.template and state == FAILED:
+            # The node task failed before it could register.
+            with self._cond:
+                self._launch_errors[eid] = {"message": str(msg.get("message", ""))[:4000],
+                                            "traceback": str(msg.get("traceback", ""))[-20000:]}
+                self._cond.notify_all()
+            self._notify()
+            return {"ok": True}
+        node = self._node(msg)
+        with self._cond:
+            node.last_seen = time.monotonic()
+            if state == "exited":
+                node.exited = True
+            elif node.state != FAILED:
+                node.state = state
+            if isinstance(msg.get("stats"), dict):
+                node.stats = msg["stats"]
+            if state == FAILED and node.error is None:
+                node.error = {"message": str(msg.get("message", ""))[:4000],
+                              "traceback": str(msg.get("traceback", ""))[-20000:]}
+            self._cond.notify_all()
+        self._notify()
+        return {"ok": True}
+
+    def _feed_error(self, msg: dict[str, Any]) -> dict[str, Any]:
+        error = {"kind": _field(msg, "kind", str), "message": str(_field(msg, "message", str))[:8000],
+                 "qname": str(msg.get("qname", "")), "partition": msg.get("partition")}
+        with self._cond:
+            self._feed_errors.append(error)
+            self._cond.notify_all()
+        self._notify()
+        return {"ok": True}
+
+    def _terminate(self, msg: dict[str, Any]) -> dict[str, Any]:
+        self._node(msg)
+        with self._cond:
+            self._terminated.add(_field(msg, "qname", str))
+            self._cond.notify_all()
+        return {"ok": True}
+
+    # ---- driver-side API ---------------------------------------------------------------
+    def post(self, event: dict[str, Any], executor_ids: list[int] | None = None) -> None:
+        """Queues ``event`` in the mailbox of the given nodes (default: all registered)."""
+        with self._cond:
+            for eid in executor_ids if executor_ids is not None else list(self._nodes):
+                self._nodes[eid].events.append(event)
+            self._cond.notify_all()
+
+    def wait(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
+        """Waits until ``predicate()`` (called under the lock) holds; returns it."""
+        with self._cond:
+            return self._cond.wait_for(predicate, timeout=timeout)
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def nodes(self) -> dict[int, NodeStatus]:
+        """The registered nodes; call under :meth:`wait` or treat as a snapshot."""
+        return self._nodes
+
+    def registered(self) -> int:
+        return len(self._nodes)
+
+    def cluster_spec(self) -> dict[str, list[str]]:
+        return cluster_spec(n.info for n in self._nodes.values())
+
+    def cluster_info(self) -> list[dict[str, Any]]:
+        return [dict(self._nodes[eid].info) for eid in sorted(self._nodes)]
+
+    def launch_errors(self) -> dict[int, dict[str, str]]:
+        return dict(self._launch_errors)
+
+    def feed_errors(self) -> list[dict[str, Any]]:
+        return list(self._feed_errors)
+
+    def terminated(self, qname: str) -> bool:
+        return qname in self._terminated
+
+    def _all_registered(self) -> bool:
+        return len(self._nodes) == len(self.template)
+
+    def _ready_or_aborted(self) -> bool:
+        return self._all_registered() or self._abort_reason is not None
+
+    def _node(self, msg: dict[str, Any]) -> NodeStatus:
+        eid = _field(msg, "executor_id", int)
+        node = self._nodes.get(eid)
+        if node is None:
+            raise ProtocolError(f"executor_id {eid} has not registered")
+        return node
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+
+def _field(msg: dict[str, Any], name: str, kind: type) -> Any:
+    value = msg[name]
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ProtocolError(f"field {name!r} must be an integer")
+    if kind is str and not isinstance(value, str):
+        raise ProtocolError(f"field {name!r} must be a string")
+    return value

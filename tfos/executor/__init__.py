@@ -1,0 +1,1 @@
+"""Code that runs on Spark executors: node bootstrap, the node process, NodeContext."""

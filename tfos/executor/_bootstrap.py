@@ -1,0 +1,231 @@
+"""Node bootstrap (executor, inside a Spark task): reserve ports, register, start the node.
+
+``NodeLauncher`` is the function of the Spark job that hosts the cluster: one task per
+executor. Each task reserves its ports, registers with the driver, waits for the
+full cluster spec and starts the node process (``tfos.executor._node``) with
+TF_CONFIG set. In InputMode.TENSORFLOW the task then waits for the node to finish;
+in InputMode.SPARK it returns so that feeding tasks can use the executor's slot.
+
+Failures are reported to the driver over the control plane rather than raised, so
+Spark never retries a node task behind tfos's back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from tfos._rpc import ControlClient
+from tfos.config import InputMode
+from tfos.driver._template import Role, tf_config
+from tfos.errors import TFOSError
+
+log = logging.getLogger(__name__)
+
+FEEDING_JOBS = ("chief", "master", "worker")
+
+
+@dataclass(frozen=True)
+class NodePayload:
+    """Everything the node process needs; sent to it over a local pipe."""
+
+    cluster_id: str
+    server_address: str
+    secret: str
+    executor_id: int
+    job_name: str
+    task_index: int
+    cluster_spec: dict[str, list[str]]
+    cluster_info: list[dict[str, Any]]
+    default_fs: str
+    input_mode: int
+    tensorboard: bool
+    log_dir: str | None
+    release_port: bool
+    main: bytes
+    fds: dict[str, int]
+
+
+@dataclass(frozen=True)
+class NodeLauncher:
+    """The Spark task function that boots one node per executor (see module docstring)."""
+
+    cluster_id: str
+    server_address: str
+    secret: str
+    template: dict[int, Role]
+    input_mode: int
+    tensorboard: bool
+    log_dir: str | None
+    release_port: bool
+    reservation_timeout: float
+    default_fs: str
+    main: bytes
+
+    def __call__(self, _: Iterator[Any]) -> Iterator[int]:
+        from pyspark import TaskContext
+
+        task = TaskContext.get()
+        executor_id = task.partitionId()
+        if task.attemptNumber() > 0:
+            # A retried node task would start a second node for the same role.
+            log.warning("not restarting tfos node %d in Spark task attempt %d", executor_id, task.attemptNumber())
+            return iter([executor_id])
+        client = ControlClient(self.server_address, self.secret)
+        try:
+            self._launch(client, executor_id)
+        except Exception as exc:  # noqa: BLE001 - every failure goes to the driver
+            _report_failure(client, executor_id, exc)
+        finally:
+            client.close()
+        return iter([executor_id])
+
+    def _launch(self, client: ControlClient, executor_id: int) -> None:
+        job_name, task_index = self.template[executor_id]
+        host = _local_ip(self.server_address.rsplit(":", 1)[0].strip("[]"))
+        sockets = {"port": _bind_tcp()}
+        chief_job = "chief" if any(j in ("chief", "master") for j, _ in self.template.values()) else "worker"
+        if self.tensorboard and job_name in (chief_job, "master") and task_index == 0:
+            sockets["tb"] = _bind_tcp()
+        feeds = self.input_mode == InputMode.SPARK and job_name in FEEDING_JOBS
+        if feeds:
+            sockets["feed_tcp"] = _bind_tcp(listen=True)
+            sockets["feed_unix"] = _bind_unix(unix_socket_path(self.cluster_id, executor_id))
+        registration = {
+            "executor_id": executor_id, "job_name": job_name, "task_index": task_index, "host": host,
+            "port": sockets["port"].getsockname()[1], "hostname": socket.gethostname(), "workdir": os.getcwd(),
+            "pid": os.getpid(),
+            "tb_port": sockets["tb"].getsockname()[1] if "tb" in sockets else None,
+            "feed_port": sockets["feed_tcp"].getsockname()[1] if feeds else None,
+        }
+        reply = client.call("Register", registration)
+        if not reply.get("ok"):
+            raise TFOSError(reply.get("reason", "registration refused"))
+        spec, info = self._await_spec(client, executor_id)
+        if feeds:
+            _write_local_marker(self.cluster_id, executor_id)
+        payload = NodePayload(
+            cluster_id=self.cluster_id, server_address=self.server_address, secret=self.secret,
+            executor_id=executor_id, job_name=job_name, task_index=task_index, cluster_spec=spec,
+            cluster_info=info, default_fs=self.default_fs, input_mode=self.input_mode,
+            tensorboard="tb" in sockets, log_dir=self.log_dir, release_port=self.release_port, main=self.main,
+            fds={name: s.fileno() for name, s in sockets.items()},
+        )
+        proc = _start_node(payload, tf_config(spec, job_name, task_index))
+        for s in sockets.values():
+            s.close()
+        if self.input_mode == InputMode.TENSORFLOW:
+            code = proc.wait()
+            if code < 0:
+                raise TFOSError(f"node process killed by signal {-code}\n{log_tail(job_name, task_index)}")
+
+    def _await_spec(self, client: ControlClient, executor_id: int) -> tuple[dict[str, list[str]], list[dict]]:
+        deadline = time.monotonic() + self.reservation_timeout
+        while time.monotonic() < deadline:
+            reply = client.call("AwaitSpec", {"executor_id": executor_id})
+            if reply.get("ready"):
+                return reply["cluster_spec"], reply["cluster_info"]
+            if reply.get("aborted"):
+                raise TFOSError(f"reservation aborted by the driver: {reply['aborted']}")
+        raise TFOSError(f"cluster spec not received within reservation_timeout={self.reservation_timeout}s")
+
+
+def unix_socket_path(cluster_id: str, executor_id: int) -> str:
+    return os.path.join(tempfile.gettempdir(), f"tfos-{cluster_id[:12]}-{executor_id}.sock")
+
+
+def local_marker_path(cluster_id: str) -> str:
+    """File in the executor's working directory naming the node that this executor hosts."""
+    return os.path.join(os.getcwd(), f"tfos-{cluster_id}.node")
+
+
+def log_path(job_name: str, task_index: int) -> str:
+    return os.path.join(os.getcwd(), f"tfos-{job_name}-{task_index}.log")
+
+
+def log_tail(job_name: str, task_index: int, lines: int = 30) -> str:
+    """The last ``lines`` lines of a node's log on this executor, for error messages."""
+    try:
+        with open(log_path(job_name, task_index), "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return "(no node log)"
+    return "last lines of the node log:\n" + "\n".join(text.splitlines()[-lines:])
+
+
+def _write_local_marker(cluster_id: str, executor_id: int) -> None:
+    tmp = local_marker_path(cluster_id) + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"executor_id": executor_id}, f)
+    os.replace(tmp, local_marker_path(cluster_id))
+
+
+def _local_ip(server_host: str) -> str:
+    """The address of the interface this executor uses to reach the driver."""
+    family = socket.AF_INET6 if ":" in server_host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((server_host, 9))  # UDP connect sends nothing
+            return probe.getsockname()[0]
+        except OSError:
+            return socket.gethostbyname(socket.gethostname())
+
+
+def _bind_tcp(listen: bool = False) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("", 0))
+    if listen:
+        s.listen(64)
+    return s
+
+
+def _bind_unix(path: str) -> socket.socket:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    os.chmod(path, 0o600)
+    s.listen(64)
+    return s
+
+
+def _start_node(payload: NodePayload, config: dict[str, Any]) -> subprocess.Popen:
+    env = dict(os.environ)
+    env["TF_CONFIG"] = json.dumps(config)
+    # The node imports the user's modules from the same places as this Python worker.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    # tf.keras multi-worker fit works with Keras 2 (tf-keras) only; see README.
+    env.setdefault("TF_USE_LEGACY_KERAS", "1")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    with open(log_path(payload.job_name, payload.task_index), "ab") as logfile:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tfos.executor._node"], stdin=subprocess.PIPE, stdout=logfile,
+            stderr=subprocess.STDOUT, env=env, pass_fds=tuple(payload.fds.values()), start_new_session=True,
+        )
+    assert proc.stdin is not None
+    with proc.stdin:
+        proc.stdin.write(pickle.dumps(payload))
+    return proc
+
+
+def _report_failure(client: ControlClient, executor_id: int, exc: BaseException) -> None:
+    try:
+        client.call("Report", {"executor_id": executor_id, "state": "failed",
+                               "message": f"{type(exc).__name__}: {exc}",
+                               "traceback": "".join(traceback.format_exception(exc))})
+    except TFOSError:
+        log.exception("could not report the failure of node %d to the driver", executor_id)

@@ -1,0 +1,68 @@
+"""NodeContext (node process): what ``main_fun(args, ctx)`` knows about its node."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from tfos._paths import absolute_path
+
+
+class NodeContext:
+    """The node's view of the cluster, passed to ``main_fun(args, ctx)``.
+
+    Attributes:
+        job_name: ``'chief'``, ``'worker'``, ``'ps'`` or ``'evaluator'``.
+        task_index: index of this node within its job.
+        executor_id: index of this node in the cluster (0..num_executors-1).
+        worker_num: same as executor_id (TensorFlowOnSpark's name).
+        num_workers: number of chief and worker nodes (those that train).
+        cluster_spec: ``{job: ["host:port", ...]}`` of the whole cluster.
+        cluster_info: one dict per node (role, host, ports); no secrets.
+        default_fs: Hadoop's default filesystem, e.g. ``file:///`` or ``hdfs://nn:8020``.
+        working_dir: the executor's working directory.
+    """
+
+    def __init__(self, *, executor_id: int, job_name: str, task_index: int, cluster_spec: dict[str, list[str]],
+                 cluster_info: list[dict[str, Any]], default_fs: str, working_dir: str,
+                 port_socket: socket.socket | None = None, feeds: Any = None) -> None:
+        self.executor_id = executor_id
+        self.worker_num = executor_id
+        self.job_name = job_name
+        self.task_index = task_index
+        self.cluster_spec = cluster_spec
+        self.cluster_info = cluster_info
+        self.num_workers = sum(len(cluster_spec.get(job, [])) for job in ("chief", "master", "worker"))
+        self.default_fs = default_fs
+        self.working_dir = working_dir
+        self._port_socket = port_socket
+        self._feeds = feeds
+
+    def absolute_path(self, path: str) -> str:
+        """Resolves ``path`` against ``default_fs`` (relative paths: working dir or HDFS home)."""
+        return absolute_path(path, self.default_fs, self.working_dir)
+
+    def release_port(self) -> None:
+        """Frees this node's reserved TensorFlow port so a server can bind it.
+
+        Only needed with ``tfos.run(..., release_port=False)``; otherwise tfos releases
+        the port before ``main_fun`` starts. Calling it twice is harmless.
+        """
+        if self._port_socket is not None:
+            self._port_socket.close()
+            self._port_socket = None
+
+    def get_data_feed(self, train_mode: bool = True, qname_in: str = "input", qname_out: str = "output",
+                      input_mapping: dict[str, str] | list[str] | None = None) -> Any:
+        """Returns the :class:`tfos.DataFeed` for queue ``qname_in`` (InputMode.SPARK only)."""
+        if self._feeds is None:
+            from tfos.errors import TFOSConfigError
+
+            raise TFOSConfigError(
+                f"{self.job_name}:{self.task_index} has no data feed: only chief and worker nodes of a cluster "
+                "started with input_mode=tfos.InputMode.SPARK are fed"
+            )
+        return self._feeds.data_feed(qname_in, qname_out, train_mode=train_mode, input_mapping=input_mapping)
+
+    def __repr__(self) -> str:
+        return f"NodeContext({self.job_name}:{self.task_index}, executor_id={self.executor_id})"

@@ -1,0 +1,188 @@
+"""The node process (executor): runs ``main_fun(args, ctx)`` with TF_CONFIG set.
+
+Started by ``NodeLauncher`` as ``python -m tfos.executor._node`` in a session of its
+own, it reads its ``NodePayload`` from stdin (a local pipe from its parent), starts
+TensorBoard on the chief when asked, serves the data feed in InputMode.SPARK, and
+long-polls its mailbox on the driver for events. It reports how ``main_fun`` ended
+and exits when told to stop, or when the driver has been unreachable for
+``TFOS_ORPHAN_TIMEOUT_SECS`` so that no node outlives its driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+from tfos import _constants as C
+from tfos._paths import local_path
+from tfos._rpc import ControlClient
+from tfos.executor._bootstrap import NodePayload, local_marker_path, unix_socket_path
+from tfos.executor._context import NodeContext
+from tfos.errors import TFOSError
+
+log = logging.getLogger("tfos.node")
+
+#: Jobs that serve until the driver stops them, whatever main_fun does.
+SERVING_JOBS = ("ps", "evaluator")
+
+
+class Node:
+    """One TensorFlow node; see the module docstring."""
+
+    def __init__(self, payload: NodePayload) -> None:
+        self.p = payload
+        self.name = f"{payload.job_name}:{payload.task_index}"
+        self.client = ControlClient(payload.server_address, payload.secret)
+        self.sockets = {name: socket.socket(fileno=fd) for name, fd in payload.fds.items()}
+        self.tensorboard: subprocess.Popen | None = None
+        self.feeds: Any = None
+        self._exit_lock = threading.Lock()
+        self._main_running = False
+
+    def run(self) -> None:
+        p = self.p
+        if "feed_unix" in self.sockets:
+            from tfos.feed._hub import FeedHub
+
+            self.feeds = FeedHub(self, [self.sockets.pop("feed_unix"), self.sockets.pop("feed_tcp")])
+            self.feeds.start()
+        ctx = NodeContext(executor_id=p.executor_id, job_name=p.job_name, task_index=p.task_index,
+                          cluster_spec=p.cluster_spec, cluster_info=p.cluster_info, default_fs=p.default_fs,
+                          working_dir=os.getcwd(), port_socket=self.sockets.pop("port"), feeds=self.feeds)
+        if "tb" in self.sockets:
+            self._start_tensorboard(ctx)
+        threading.Thread(target=self._poll_loop, name="tfos-poll", daemon=True).start()
+        if p.release_port:
+            ctx.release_port()
+        self._main_running = True
+        try:
+            import cloudpickle
+
+            main_fun, args = cloudpickle.loads(p.main)
+            log.info("starting main_fun on %s (executor %d)", self.name, p.executor_id)
+            main_fun(args, ctx)
+        except SystemExit as exc:
+            if exc.code not in (None, 0):
+                self._fail(exc)
+        except BaseException as exc:  # noqa: BLE001 - the driver gets every failure
+            self._fail(exc)
+        self._main_running = False
+        if p.job_name in SERVING_JOBS:
+            log.info("main_fun returned on %s; serving until the driver stops the cluster", self.name)
+            threading.Event().wait()
+        self.report("finished")
+        self.exit(0)
+
+    def _fail(self, exc: BaseException) -> None:
+        log.error("main_fun failed on %s", self.name, exc_info=exc)
+        self.report("failed", message=f"{type(exc).__name__}: {exc}",
+                    traceback="".join(traceback.format_exception(exc)))
+        self.exit(1)
+
+    def report(self, state: str, **fields: Any) -> None:
+        message = {"executor_id": self.p.executor_id, "state": state, "stats": self.stats(), **fields}
+        try:
+            self.client.call("Report", message, timeout=10)
+        except TFOSError:
+            log.warning("could not report state %r to the driver", state, exc_info=True)
+
+    def stats(self) -> dict[str, Any]:
+        return self.feeds.stats() if self.feeds is not None else {}
+
+    def exit(self, code: int) -> None:
+        """Cleans up, tells the driver, and ends the process (TF threads never block it)."""
+        with self._exit_lock:
+            if self.feeds is not None:
+                self.feeds.close()
+                for path in (unix_socket_path(self.p.cluster_id, self.p.executor_id),
+                             local_marker_path(self.p.cluster_id)):
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
+            if self.tensorboard is not None:
+                self.tensorboard.terminate()
+                try:
+                    self.tensorboard.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.tensorboard.kill()
+            self.report("exited")
+            log.info("%s exits with code %d", self.name, code)
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def _poll_loop(self) -> None:
+        seq, last_contact = 0, time.monotonic()
+        orphan_after = C.get_float(C.ORPHAN_TIMEOUT_SECS)
+        while True:
+            try:
+                reply = self.client.call("Poll", {"executor_id": self.p.executor_id, "seq": seq,
+                                                  "stats": self.stats()},
+                                         timeout=C.get_float(C.POLL_HOLD_SECS) + 10)
+            except TFOSError as exc:
+                if time.monotonic() - last_contact > orphan_after:
+                    log.error("driver unreachable for %.0fs (%s); %s exits", orphan_after, exc, self.name)
+                    self.exit(3)
+                time.sleep(min(1.0, orphan_after / 10))
+                continue
+            last_contact = time.monotonic()
+            seq = reply["seq"]
+            for event in reply["events"]:
+                self._handle(event)
+
+    def _handle(self, event: dict[str, Any]) -> None:
+        if event["type"] == "stop":
+            if self._main_running and self.p.job_name not in SERVING_JOBS:
+                log.warning("%s stopped by the driver while main_fun runs: %s", self.name, event.get("reason"))
+            self.exit(0)
+        elif self.feeds is not None:
+            self.feeds.handle(event)
+
+    def _start_tensorboard(self, ctx: NodeContext) -> None:
+        logdir = local_path(ctx.absolute_path(self.p.log_dir or "tensorboard"))
+        if "://" not in logdir:
+            os.makedirs(logdir, exist_ok=True)
+        tb_socket = self.sockets.pop("tb")
+        port = tb_socket.getsockname()[1]
+        tb_socket.close()
+        self.tensorboard = subprocess.Popen(
+            [sys.executable, "-m", "tensorboard.main", "--logdir", logdir, "--port", str(port), "--bind_all"],
+            stdout=sys.stdout, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+        )
+        log.info("TensorBoard on port %d serving %s", port, logdir)
+
+
+def _die_with_parent() -> None:
+    """Makes a child get SIGTERM if the node dies first (Linux only)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def main() -> None:
+    payload: NodePayload = pickle.load(sys.stdin.buffer)  # local pipe from our parent task
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr,
+        format=f"%(asctime)s {payload.job_name}:{payload.task_index} %(levelname)s %(name)s: %(message)s",
+    )
+    signal.signal(signal.SIGTERM, lambda *_: Node.exit(node, 143))
+    node = Node(payload)
+    node.run()
+
+
+if __name__ == "__main__":
+    main()
