@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 
@@ -62,7 +63,8 @@ def main_fun(args, ctx):
     is_chief = ctx.job_name in ("chief", "master")
     path = args.export_dir if is_chief else tempfile.mkdtemp(prefix="tfos-export-")
     model.save(path, save_format="tf")
-    print(f"{ctx.job_name}:{ctx.task_index} saved model to {path}", flush=True)
+    if not is_chief:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def evaluate(export_dir: str) -> float:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import enum
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from tfos.errors import TFOSConfigError
 
@@ -61,7 +62,9 @@ class ClusterConfig:
                 f"and eval_node={bool(self.eval_node)}; raise num_executors or lower num_ps"
             )
         if not isinstance(self.reservation_timeout, numbers.Real) or self.reservation_timeout <= 0:
-            raise TFOSConfigError(f"reservation_timeout must be a positive number of seconds; got {self.reservation_timeout!r}")
+            raise TFOSConfigError(
+                f"reservation_timeout must be a positive number of seconds; got {self.reservation_timeout!r}"
+            )
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from collections.abc import Callable, Mapping
 from concurrent import futures
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import grpc
 

@@ -20,7 +20,8 @@ import threading
 import time
 import uuid
 import weakref
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from tfos import _constants as C
 from tfos.config import ClusterConfig, InputMode

@@ -6,7 +6,8 @@ the evaluator, and workers on the remaining executors.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 Role = tuple[str, int]
 

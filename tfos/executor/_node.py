@@ -25,9 +25,9 @@ from typing import Any
 from tfos import _constants as C
 from tfos._paths import local_path
 from tfos._rpc import ControlClient
+from tfos.errors import TFOSError
 from tfos.executor._bootstrap import NodePayload, local_marker_path, unix_socket_path
 from tfos.executor._context import NodeContext
-from tfos.errors import TFOSError
 
 log = logging.getLogger("tfos.node")
 

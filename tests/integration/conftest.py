@@ -1,0 +1,76 @@
+"""Real Spark for integration tests: one local-cluster[2,1,1024] for the session.
+
+local-cluster mode starts a standalone master, a worker and two executor JVMs, like a
+real cluster. Test modules are pickled by value so that executors need not import them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import psutil
+import pytest
+
+NODE_MARK = "tfos.executor._node"
+
+
+def pytest_collection_modifyitems(items):
+    from pyspark import cloudpickle
+
+    for item in items:
+        if item.module is not None and "integration" in item.nodeid:
+            item.add_marker(pytest.mark.spark)
+            try:
+                cloudpickle.register_pickle_by_value(item.module)
+            except ValueError:
+                pass
+
+
+def spark_conf(master: str):
+    from pyspark import SparkConf
+
+    return (SparkConf().setMaster(master).setAppName("tfos-tests")
+            .set("spark.ui.enabled", "false")
+            .set("spark.ui.showConsoleProgress", "false")
+            .set("spark.driver.host", "127.0.0.1")
+            .set("spark.driver.bindAddress", "127.0.0.1")
+            .set("spark.task.maxFailures", "1")
+            .set("spark.executorEnv.TFOS_ORPHAN_TIMEOUT_SECS", "20")
+            .set("spark.pyspark.python", sys.executable))
+
+
+@pytest.fixture(scope="session")
+def sc():
+    from pyspark import SparkContext
+
+    context = SparkContext(conf=spark_conf("local-cluster[2,1,1024]"))
+    context.setLogLevel("ERROR")
+    context.parallelize(range(2), 2).count()  # both executors up before the first test
+    yield context
+    context.stop()
+
+
+def node_processes() -> list[psutil.Process]:
+    """tfos node processes and TensorBoards alive on this machine."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if NODE_MARK in cmdline or "tensorboard.main" in cmdline:
+            found.append(proc)
+    return found
+
+
+@pytest.fixture
+def no_leftovers():
+    """Fails the test if a node or TensorBoard process outlives it (waits up to 15 s)."""
+    before = {p.pid for p in node_processes()}
+    yield
+    leftover = [p for p in node_processes() if p.pid not in before]
+    _, alive = psutil.wait_procs(leftover, timeout=15)
+    assert not alive, f"processes left behind: {[' '.join(p.cmdline()) for p in alive]}"
+
+
+@pytest.fixture
+def export_dir(tmp_path):
+    return os.path.join(str(tmp_path), "export")

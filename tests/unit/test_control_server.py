@@ -1,0 +1,176 @@
+"""The driver's control server and the executors' client, in process over real gRPC."""
+
+import threading
+import time
+
+import grpc
+import pytest
+
+from tfos import AuthError, ProtocolError
+from tfos._rpc._wire import SERVICE
+from tfos.driver._server import ControlServer
+from tfos.driver._template import cluster_template
+
+SECRET = "s3cret-for-tests"
+
+
+@pytest.fixture
+def server(monkeypatch):
+    monkeypatch.setenv("TFOS_POLL_HOLD_SECS", "0.5")
+    srv = ControlServer(cluster_template(3, 1, "chief", False), SECRET)
+    srv.start("127.0.0.1")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client(server):
+    from tfos._rpc import ControlClient
+
+    c = ControlClient(f"127.0.0.1:{server.port}", SECRET)
+    yield c
+    c.close()
+
+
+def registration(eid, job, index, **extra):
+    return {"executor_id": eid, "job_name": job, "task_index": index, "host": "127.0.0.1", "port": 5000 + eid,
+            "hostname": "h", "workdir": f"/work/{eid}", "pid": 100 + eid, **extra}
+
+
+def register_all(client):
+    for eid, (job, index) in {0: ("ps", 0), 1: ("chief", 0), 2: ("worker", 0)}.items():
+        assert client.call("Register", registration(eid, job, index))["ok"]
+
+
+def test_nodes_get_the_spec_once_all_registered(server, client):
+    assert client.call("AwaitSpec", {"executor_id": 0}) == {"ready": False}
+    register_all(client)
+    reply = client.call("AwaitSpec", {"executor_id": 0})
+    assert reply["ready"]
+    assert reply["cluster_spec"] == {"chief": ["127.0.0.1:5001"], "ps": ["127.0.0.1:5000"],
+                                     "worker": ["127.0.0.1:5002"]}
+    assert [n["job_name"] for n in reply["cluster_info"]] == ["ps", "chief", "worker"]
+
+
+def test_waiting_node_is_released_as_soon_as_the_last_registers(server, client, monkeypatch):
+    monkeypatch.setenv("TFOS_POLL_HOLD_SECS", "30")
+    client.call("Register", registration(0, "ps", 0))
+    client.call("Register", registration(1, "chief", 0))
+    replies = []
+    waiter = threading.Thread(target=lambda: replies.append(client.call("AwaitSpec", {"executor_id": 0})))
+    waiter.start()
+    client.call("Register", registration(2, "worker", 0))
+    waiter.join(timeout=10)
+    assert replies and replies[0]["ready"]
+
+
+def test_wrong_secret_is_rejected_and_server_keeps_serving(server, client):
+    from tfos._rpc import ControlClient
+
+    intruder = ControlClient(f"127.0.0.1:{server.port}", "wrong")
+    with pytest.raises(AuthError, match="wrong tfos cluster secret"):
+        intruder.call("Register", registration(0, "ps", 0))
+    intruder.close()
+    assert server.registered() == 0
+    register_all(client)
+    assert server.registered() == 3
+
+
+def test_call_without_secret_is_rejected(server):
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = channel.unary_unary(f"/{SERVICE}/Register")
+        with pytest.raises(grpc.RpcError) as info:
+            stub(b'{"executor_id": 0}', timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize("body, detail", [
+    (b"\x80not json", "not valid JSON"),
+    (b"[1, 2]", "must be a JSON object"),
+    (b'{"executor_id": 0}', "missing field"),
+    (b'{"executor_id": "0", "job_name": "ps", "task_index": 0, "host": "h", "port": 1, "hostname": "h", '
+     b'"workdir": "w", "pid": 1}', "must be an integer"),
+])
+def test_malformed_requests_are_rejected(server, body, detail):
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = channel.unary_unary(f"/{SERVICE}/Register")
+        with pytest.raises(grpc.RpcError) as info:
+            stub(body, metadata=(("tfos-secret", SECRET),), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert detail in info.value.details()
+
+
+def test_wrong_role_or_unknown_executor_is_rejected(client):
+    with pytest.raises(ProtocolError, match="must register as ps:0"):
+        client.call("Register", registration(0, "worker", 0))
+    with pytest.raises(ProtocolError, match="not part of this cluster"):
+        client.call("Register", registration(9, "worker", 3))
+
+
+def test_two_nodes_on_one_executor_are_refused_with_the_fix(client):
+    client.call("Register", registration(0, "ps", 0))
+    reply = client.call("Register", registration(1, "chief", 0, workdir="/work/0"))
+    assert not reply["ok"]
+    assert "spark.task.cpus" in reply["reason"]
+
+
+def test_mailbox_delivers_events_in_order_without_loss(server, client):
+    register_all(client)
+    server.post({"type": "feed_end", "qname": "input", "epoch": 0}, [2])
+    server.post({"type": "stop"})
+    first = client.call("Poll", {"executor_id": 2, "seq": 0})
+    assert [e["type"] for e in first["events"]] == ["feed_end", "stop"]
+    again = client.call("Poll", {"executor_id": 2, "seq": first["seq"]})
+    assert again["events"] == []
+    assert [e["type"] for e in client.call("Poll", {"executor_id": 0, "seq": 0})["events"]] == ["stop"]
+
+
+def test_poll_returns_as_soon_as_an_event_is_posted(server, client, monkeypatch):
+    monkeypatch.setenv("TFOS_POLL_HOLD_SECS", "30")
+    register_all(client)
+    timer = threading.Timer(0.2, server.post, args=({"type": "stop"},))
+    timer.start()
+    started = time.monotonic()
+    reply = client.call("Poll", {"executor_id": 1, "seq": 0})
+    assert reply["events"][0]["type"] == "stop"
+    assert time.monotonic() - started < 10
+
+
+def test_failure_report_is_kept_and_secret_never_in_cluster_info(server, client):
+    register_all(client)
+    client.call("Report", {"executor_id": 2, "state": "failed", "message": "ValueError: boom",
+                           "traceback": "Traceback: ..."})
+    node = server.nodes()[2]
+    assert node.state == "failed" and node.error["message"] == "ValueError: boom"
+    assert SECRET not in repr(server.cluster_info())
+
+
+def test_concurrent_registration_of_64_nodes(monkeypatch):
+    from tfos._rpc import ControlClient
+
+    monkeypatch.setenv("TFOS_POLL_HOLD_SECS", "5")
+    n = 64
+    srv = ControlServer(cluster_template(n, 0, "chief", False), SECRET)
+    srv.start("127.0.0.1")
+    specs = []
+
+    def node(eid):
+        job, index = srv.template[eid]
+        c = ControlClient(f"127.0.0.1:{srv.port}", SECRET)
+        c.call("Register", registration(eid, job, index))
+        while not (reply := c.call("AwaitSpec", {"executor_id": eid}))["ready"]:
+            pass
+        specs.append(reply["cluster_spec"])
+        c.close()
+
+    threads = [threading.Thread(target=node, args=(eid,)) for eid in range(n)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        srv.stop()
+    assert len(specs) == n
+    assert all(spec == specs[0] for spec in specs)
+    assert len(specs[0]["worker"]) == n - 1

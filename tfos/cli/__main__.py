@@ -1,0 +1,7 @@
+"""``python -m tfos.cli`` (driver machine)."""
+
+import sys
+
+from tfos.cli import main
+
+sys.exit(main())
