@@ -19,12 +19,14 @@ from tfos.errors import (
     TFOSError,
 )
 from tfos.executor._context import NodeContext
+from tfos.feed import DataFeed
 
 __all__ = [
     "AuthError",
     "Cluster",
     "ClusterConfig",
     "ClusterState",
+    "DataFeed",
     "FeedDataError",
     "FeedTimeoutError",
     "InputMode",

@@ -27,8 +27,17 @@ from tfos import _constants as C
 from tfos.config import ClusterConfig, InputMode
 from tfos.driver._server import FAILED, FINISHED, ControlServer, NodeStatus
 from tfos.driver._template import cluster_template
-from tfos.errors import NodeError, ReservationTimeoutError, TFOSConfigError, TFOSError
+from tfos.errors import (
+    AuthError,
+    FeedDataError,
+    FeedTimeoutError,
+    NodeError,
+    ReservationTimeoutError,
+    TFOSConfigError,
+    TFOSError,
+)
 from tfos.executor._bootstrap import FEEDING_JOBS, NodeLauncher
+from tfos.feed._feeder import Consumer, Feeder, dataframe_to_arrow_rdd
 
 if TYPE_CHECKING:
     from pyspark import SparkContext
@@ -98,6 +107,9 @@ class Cluster:
         self._main = _pickle_main(config.main_fun, tf_args)
         self._secret = secrets.token_hex(16)
         self._server = ControlServer(self.template, self._secret, local_mode=local_mode)
+        self._server_address = ""
+        self._feed_epochs: dict[str, int] = {}
+        self._schemas: dict[str, dict[str, Any]] = {}
         self._node_job: threading.Thread | None = None
         self._node_job_error: BaseException | None = None
         self._lock = threading.Lock()
@@ -121,6 +133,63 @@ class Cluster:
             if node.get("tb_port"):
                 return f"http://{node['host']}:{node['tb_port']}"
         return None
+
+    def train(self, data: Any, num_epochs: int = 1, feed_timeout: float = 600, qname: str = "input") -> None:
+        """Feeds ``data`` to the chief and workers ``num_epochs`` times (InputMode.SPARK).
+
+        Each epoch is one Spark job; every row reaches exactly one node once per epoch,
+        in chunks streamed to the node on the executor that computed its partition.
+        Returns when the last epoch has been handed over (nodes may still be consuming
+        their buffers) or early, after the current epoch, once a node called
+        ``DataFeed.terminate()``.
+
+        Args:
+            data: an RDD of rows (tuples, lists, numpy arrays, numbers) or a DataFrame.
+            num_epochs: passes over ``data``.
+            feed_timeout: seconds a node may go without taking data before
+                FeedTimeoutError is raised.
+            qname: the queue to feed; nodes read it with ``ctx.get_data_feed(qname_in=...)``.
+
+        Raises:
+            FeedDataError: a row does not fit its batch (names the partition and row).
+            FeedTimeoutError: a node stopped consuming.
+            NodeError: a node's main_fun failed while being fed.
+        """
+        if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
+            raise TFOSConfigError(f"num_epochs must be an integer >= 1; got {num_epochs!r}")
+        self._require_feed("train", feed_timeout)
+        rdd, arrow = _as_rdd(data)
+        if not self._announce(qname, rdd, arrow):
+            return
+        for _ in range(num_epochs):
+            if self._server.terminated(qname):
+                log.info("queue %r was terminated by a node; not feeding further epochs", qname)
+                break
+            epoch = self._feed_epochs.get(qname, 0)
+            self._feed_epochs[qname] = epoch + 1
+            feeder = self._feeder(qname, epoch, feed_timeout, arrow)
+            self._run_feed_job(lambda f=feeder: rdd.mapPartitionsWithIndex(f).collect(), f"feed {qname} #{epoch}")
+            self._server.post({"type": "feed_end", "qname": qname, "epoch": epoch}, self._consumer_ids())
+
+    def inference(self, data: Any, feed_timeout: float = 600, qname: str = "input") -> Any:
+        """Feeds ``data`` to the nodes and returns an RDD of their results (InputMode.SPARK).
+
+        The RDD is lazy, as in Spark: rows are fed when an action runs on it. It holds
+        exactly one result per input row, in input order within each partition; nodes
+        send them with ``DataFeed.batch_results``.
+        """
+        self._require_feed("inference", feed_timeout)
+        rdd, arrow = _as_rdd(data)
+        self._announce(qname, rdd, arrow)
+        return rdd.mapPartitionsWithIndex(self._feeder(qname, None, feed_timeout, arrow))
+
+    def consumed_rows(self, qname: str = "input") -> dict[str, int]:
+        """Rows each fed node has read from ``qname`` so far, as last reported ({"worker:0": n})."""
+        counts = {}
+        for node in self._server.nodes().values():
+            if node.info["job_name"] in FEEDING_JOBS:
+                counts[_role(node)] = int(node.stats.get("consumed", {}).get(qname, 0))
+        return counts
 
     def shutdown(self, grace_secs: float = 0, timeout: float = 259200) -> None:
         """Stops the cluster: waits for chief and workers, then stops every node.
@@ -178,13 +247,78 @@ class Cluster:
         except TFOSError:
             log.exception("shutdown after an error in the with-block failed as well")
 
+    # ---- feeding -----------------------------------------------------------------------------
+    def _require_feed(self, method: str, feed_timeout: float) -> None:
+        if self.config.input_mode != InputMode.SPARK:
+            raise TFOSConfigError(f"{method}() feeds data from Spark: start the cluster with "
+                                  "input_mode=tfos.InputMode.SPARK (nodes read their own data in TENSORFLOW mode)")
+        if self.state != ClusterState.RUNNING:
+            raise TFOSError(f"{method}() on a cluster that is {self.state.value}")
+        if not isinstance(feed_timeout, (int, float)) or feed_timeout <= 0:
+            raise TFOSConfigError(f"feed_timeout must be a positive number of seconds; got {feed_timeout!r}")
+
+    def _consumer_ids(self) -> list[int]:
+        return [eid for eid, (job, _) in sorted(self.template.items()) if job in FEEDING_JOBS]
+
+    def _feeder(self, qname: str, epoch: int | None, feed_timeout: float, arrow: bool) -> Feeder:
+        nodes = self._server.nodes()
+        consumers = tuple(Consumer(eid, _role(nodes[eid]), nodes[eid].info["host"], nodes[eid].info["feed_port"])
+                          for eid in self._consumer_ids())
+        return Feeder(cluster_id=self.cluster_id, secret=self._secret, server_address=self._server_address,
+                      qname=qname, epoch=epoch, consumers=consumers, feed_timeout=float(feed_timeout),
+                      local_mode=self._server.local_mode, arrow=arrow)
+
+    def _announce(self, qname: str, rdd: Any, arrow: bool) -> bool:
+        """Tells the nodes the columns of ``qname`` (from the first row); False if no rows."""
+        if qname in self._schemas:
+            return True
+        first = rdd.take(1)
+        if not first:
+            log.warning("nothing to feed to queue %r: the data is empty", qname)
+            return False
+        _, schema = next(self._feeder(qname, 0, 1.0, arrow)._chunks(-1, iter(first)))
+        self._schemas[qname] = schema
+        self._server.post({"type": "feed_begin", "qname": qname, "schema": schema}, self._consumer_ids())
+        return True
+
+    def _run_feed_job(self, action: Callable[[], Any], description: str) -> None:
+        """Runs a feeding job; on a node or feed failure cancels it and raises the cause."""
+        group = f"{self.job_group}-feed"
+        errors_before = len(self._server.feed_errors())
+        outcome: dict[str, BaseException] = {}
+        done = threading.Event()
+
+        def body() -> None:
+            try:
+                action()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                outcome["error"] = exc
+            finally:
+                done.set()
+                self._server.wake()
+
+        thread = _spark_job_thread(self.sc, group, description, body)
+        self._server.wait(lambda: done.is_set() or self._first_failure() is not None
+                          or len(self._server.feed_errors()) > errors_before, timeout=None)
+        failure: BaseException | None = self._first_failure()
+        feed_errors = self._server.feed_errors()[errors_before:]
+        if failure is None and feed_errors:
+            failure = _feed_error(feed_errors[0])
+        if failure is None and "error" in outcome:
+            failure = TFOSError(f"feeding job failed: {_short(outcome['error'])}")
+        if failure is not None:
+            self.sc.cancelJobGroup(group)
+            thread.join(timeout=30)
+            raise failure
+
     # ---- lifecycle -------------------------------------------------------------------------
     def _start(self) -> None:
         sc, config = self.sc, self.config
         bind_host, advertised = _server_hosts(sc)
         port = self._server.start(bind_host)
+        self._server_address = f"{advertised}:{port}"
         launcher = NodeLauncher(
-            cluster_id=self.cluster_id, server_address=f"{advertised}:{port}", secret=self._secret,
+            cluster_id=self.cluster_id, server_address=self._server_address, secret=self._secret,
             template=self.template, input_mode=int(config.input_mode), tensorboard=config.tensorboard,
             log_dir=config.log_dir, release_port=config.release_port,
             reservation_timeout=float(config.reservation_timeout), default_fs=_default_fs(sc), main=self._main,
@@ -255,7 +389,7 @@ class Cluster:
         """Stops every node and the server, cancels the cluster's Spark jobs. Bounded."""
         nodes = self._server.nodes()
         self._server.post({"type": "stop", "reason": reason})
-        self._server.wait(lambda: all(n.exited or n.state == "registered" for n in nodes.values()), timeout=15)
+        self._server.wait(lambda: all(n.exited for n in nodes.values()), timeout=15)
         self._server.abort(reason)
         if self._node_job is not None:
             self._node_job.join(timeout=5)
@@ -269,6 +403,30 @@ class Cluster:
         with self._lock:
             if self.state != ClusterState.FAILED:
                 self.state = ClusterState.STOPPED
+
+
+def _as_rdd(data: Any) -> tuple[Any, bool]:
+    """(RDD to feed, whether its elements are Arrow IPC streams of a DataFrame)."""
+    from pyspark import RDD
+    from pyspark.sql import DataFrame
+
+    if isinstance(data, DataFrame):
+        return dataframe_to_arrow_rdd(data), True
+    if isinstance(data, RDD):
+        return data, False
+    raise TFOSConfigError(f"data must be a pyspark RDD or DataFrame; got {type(data).__name__}")
+
+
+def _feed_error(report: dict[str, Any]) -> TFOSError:
+    kinds = {"timeout": FeedTimeoutError, "FeedDataError": FeedDataError, "AuthError": AuthError}
+    return kinds.get(report["kind"], TFOSError)(report["message"], partition=report.get("partition"))
+
+
+def _short(exc: BaseException) -> str:
+    """The Python error inside a Py4J / Spark failure, without the JVM stack."""
+    text = str(exc)
+    lines = [line for line in text.splitlines() if "Error" in line or "Exception" in line]
+    return (lines[-1] if lines else text.splitlines()[0] if text else type(exc).__name__)[:2000]
 
 
 def _role(node: NodeStatus) -> str:

@@ -48,7 +48,7 @@ class ControlServer:
     def __init__(self, template: dict[int, Role], secret: str, *, local_mode: bool = False) -> None:
         self.template = template
         self._secret = secret
-        self._local_mode = local_mode
+        self.local_mode = local_mode
         self._cond = threading.Condition()
         self._nodes: dict[int, NodeStatus] = {}
         self._abort_reason: str | None = None
@@ -101,7 +101,7 @@ class ControlServer:
                 return {"ok": False, "reason": self._abort_reason}
             for other_id, other in self._nodes.items():
                 same_place = (other.info["hostname"], other.info["workdir"]) == (info["hostname"], info["workdir"])
-                if other_id != eid and same_place and not self._local_mode:
+                if other_id != eid and same_place and not self.local_mode:
                     return {"ok": False, "reason": (
                         f"executor_id {eid} landed on the same Spark executor as executor_id {other_id} "
                         f"({info['hostname']}:{info['workdir']}): executors run more than one task at a time. "
@@ -151,7 +151,7 @@ class ControlServer:
         node = self._node(msg)
         with self._cond:
             node.last_seen = time.monotonic()
-            if state == "exited":
+            if state == "exited" or msg.get("exited") is True:
                 node.exited = True
             elif node.state != FAILED:
                 node.state = state

@@ -225,7 +225,8 @@ def _start_node(payload: NodePayload, config: dict[str, Any]) -> subprocess.Pope
 
 def _report_failure(client: ControlClient, executor_id: int, exc: BaseException) -> None:
     try:
-        client.call("Report", {"executor_id": executor_id, "state": "failed",
+        # No node process runs after a launch failure: the node counts as exited.
+        client.call("Report", {"executor_id": executor_id, "state": "failed", "exited": True,
                                "message": f"{type(exc).__name__}: {exc}",
                                "traceback": "".join(traceback.format_exception(exc))})
     except TFOSError:

@@ -1,0 +1,149 @@
+"""Feed benchmark: tfos's InputMode.SPARK against Spark's own delivery rate, in one run.
+
+Rows are MNIST-shaped (784 float32 features + int label), batch 128, on
+local-cluster[2,1,2048]. Prints, each against a reference measured in this run:
+  (a) Spark's own drain rate of the cached RDD (mapPartitions counting rows)
+  (b) tfos feed-only rate through next_batch and next_batch_arrays      target >= 0.7 x (a)
+  (c) Spark-fed 2-worker MWMS Keras fit vs the same fit from in-memory tf.data  target >= 0.9
+  (d) inference rate with an identity model                                target >= 0.5 x (a)
+  (e) node peak RSS
+plus cluster start (run() until all nodes registered) and shutdown() times.
+
+    python scripts/bench_feed.py [--rows 200000] [--skip-training]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+BATCH = 128
+
+
+def drain(args, ctx):
+    feed = ctx.get_data_feed()
+    if args["api"] == "next_batch":
+        while not feed.should_stop():
+            feed.next_batch(BATCH)
+    else:
+        while feed.next_batch_arrays(BATCH) is not None:
+            pass
+    with open(os.path.join(args["out"], f"rss-{ctx.job_name}"), "w") as f:
+        f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+
+
+def identity(args, ctx):
+    feed = ctx.get_data_feed(train_mode=False)
+    while True:
+        batch = feed.next_batch_arrays(BATCH)
+        if batch is None:
+            break
+        feed.batch_results(batch[1])
+
+
+def build_model():
+    import tensorflow as tf
+
+    model = tf.keras.Sequential([tf.keras.Input(shape=(784,)), tf.keras.layers.Dense(128, activation="relu"),
+                                 tf.keras.layers.Dense(10)])
+    model.compile(optimizer="adam", loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def fit(args, ctx):
+    import numpy as np
+    import tensorflow as tf
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    with strategy.scope():
+        model = build_model()
+    if args["source"] == "spark":
+        dataset = ctx.get_data_feed().as_dataset(BATCH)
+    else:
+        rng = np.random.default_rng(ctx.task_index)
+        n = args["rows"] // ctx.num_workers
+        x, y = rng.random((n, 784), np.float32), rng.integers(0, 10, n)
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH).with_options(options)
+    model.fit(dataset, epochs=1, verbose=0)  # warm-up epoch: graph building, collectives
+    started = time.time()
+    model.fit(dataset, epochs=args["epochs"], verbose=0)
+    with open(os.path.join(args["out"], f"fit-{ctx.job_name}"), "w") as f:
+        f.write(str(time.time() - started))
+
+
+def main() -> None:
+    import numpy as np
+    from pyspark import SparkConf, SparkContext
+
+    import tfos
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--skip-training", action="store_true")
+    opts = parser.parse_args()
+    conf = (SparkConf().setMaster("local-cluster[2,1,2048]").setAppName("tfos-bench")
+            .set("spark.ui.enabled", "false").set("spark.ui.showConsoleProgress", "false")
+            .set("spark.driver.host", "127.0.0.1").set("spark.driver.bindAddress", "127.0.0.1")
+            .set("spark.driver.memory", "2g"))
+    sc = SparkContext(conf=conf)
+    sc.setLogLevel("ERROR")
+    n = opts.rows
+    rdd = sc.parallelize(range(n), opts.partitions).map(
+        lambda i: (np.full(784, i % 255 / 255.0, np.float32), i % 10)).cache()
+    rdd.count()
+    out = tempfile.mkdtemp(prefix="tfos-bench-")
+
+    def timed(fn):
+        started = time.perf_counter()
+        fn()
+        return time.perf_counter() - started
+
+    spark_secs = min(timed(lambda: rdd.mapPartitions(lambda it: [sum(1 for _ in it)]).sum()) for _ in range(3))
+    spark_rate = n / spark_secs
+    print(f"(a) Spark drain of the cached RDD: {spark_rate:,.0f} rows/s")
+
+    for api in ("next_batch", "next_batch_arrays"):
+        started = time.perf_counter()
+        cluster = tfos.run(sc, drain, {"api": api, "out": out}, 2, input_mode=tfos.InputMode.SPARK)
+        start_secs = time.perf_counter() - started
+        feed_secs = timed(lambda c=cluster: c.train(rdd))
+        shutdown_secs = timed(cluster.shutdown)
+        rate = n / (feed_secs + shutdown_secs)
+        print(f"(b) feed-only via {api}: {rate:,.0f} rows/s = {rate / spark_rate:.2f} x (a)   "
+              f"[cluster start {start_secs:.2f}s, shutdown {shutdown_secs:.2f}s]")
+    rss = max(int(open(os.path.join(out, name)).read()) for name in os.listdir(out) if name.startswith("rss-"))
+    print(f"(e) node peak RSS while fed {n * 3140 / 2**20:,.0f} MiB: {rss / 1024:,.0f} MiB")
+
+    with tfos.run(sc, identity, None, 2, input_mode=tfos.InputMode.SPARK) as cluster:
+        results = cluster.inference(rdd)
+        infer_secs = timed(results.count)
+    rate = n / infer_secs
+    print(f"(d) inference (identity model): {rate:,.0f} rows/s = {rate / spark_rate:.2f} x (a)")
+
+    if not opts.skip_training:
+        rates = {}
+        epochs = 2
+        for source in ("memory", "spark"):
+            args = {"source": source, "rows": n, "epochs": epochs, "out": out}
+            with tfos.run(sc, fit, args, 2, input_mode=tfos.InputMode.SPARK) as cluster:
+                if source == "spark":
+                    cluster.train(rdd, num_epochs=epochs + 1)
+            secs = max(float(open(os.path.join(out, f"fit-{job}")).read()) for job in ("chief", "worker"))
+            rates[source] = n * epochs / secs
+        print(f"(c) 2-worker MWMS Keras fit: Spark-fed {rates['spark']:,.0f} rows/s, in-memory tf.data "
+              f"{rates['memory']:,.0f} rows/s = {rates['spark'] / rates['memory']:.2f}")
+    sc.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""InputMode.SPARK on real Spark: RDD and DataFrame feeds, inference, queues, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+
+import tfos
+
+
+def rows_rdd(sc, n, partitions, dim=8):
+    return sc.parallelize(range(n), partitions).map(lambda i: (np.full(dim, i, np.float32), i))
+
+
+def drain_ids(args, ctx):
+    """Reads every row of queue args['q'] until the feed ends; records the ids seen."""
+    feed = ctx.get_data_feed(qname_in=args.get("q", "input"))
+    seen = []
+    while True:
+        batch = feed.next_batch_arrays(args.get("batch", 50))
+        if batch is None:
+            break
+        assert (batch[0][:, 0] == batch[1]).all()
+        seen.extend(int(i) for i in batch[1])
+    with open(os.path.join(args["out"], f"{ctx.job_name}-{ctx.task_index}.json"), "w") as f:
+        json.dump(seen, f)
+
+
+def seen_ids(out):
+    ids = []
+    for name in os.listdir(out):
+        with open(os.path.join(out, name)) as f:
+            ids += json.load(f)
+    return sorted(ids)
+
+
+def test_rdd_feed_reaches_each_worker_exactly_once_per_epoch(sc, tmp_path, no_leftovers):
+    n = 3001
+    cluster = tfos.run(sc, drain_ids, {"out": str(tmp_path)}, 2, input_mode=tfos.InputMode.SPARK)
+    cluster.train(rows_rdd(sc, n, 5), num_epochs=2)
+    cluster.shutdown()
+    assert seen_ids(tmp_path) == sorted(list(range(n)) * 2)
+    counts = cluster.consumed_rows()
+    assert set(counts) == {"chief:0", "worker:0"}
+    assert sum(counts.values()) == 2 * n
+
+
+def drain_dataframe(args, ctx):
+    feed = ctx.get_data_feed(input_mapping={"features": "x", "id": "id"})
+    seen = []
+    while not feed.should_stop():
+        batch = feed.next_batch(64)
+        if batch:
+            assert batch["x"].shape[1:] == (4,)
+            assert (batch["x"][:, 0] == batch["id"]).all()
+            seen.extend(int(i) for i in batch["id"])
+    with open(os.path.join(args["out"], f"{ctx.job_name}.json"), "w") as f:
+        json.dump(seen, f)
+
+
+def test_dataframe_feed_through_arrow(sc, tmp_path, no_leftovers):
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession(sc)
+    n = 2000
+    df = spark.createDataFrame([(i, [float(i)] * 4, f"r{i}") for i in range(n)], ["id", "features", "name"])
+    cluster = tfos.run(sc, drain_dataframe, {"out": str(tmp_path)}, 2, input_mode=tfos.InputMode.SPARK)
+    cluster.train(df.repartition(3), num_epochs=2)
+    cluster.shutdown()
+    assert seen_ids(tmp_path) == sorted(list(range(n)) * 2)
+    assert sum(cluster.consumed_rows().values()) == 2 * n
+
+
+def square_sum(args, ctx):
+    feed = ctx.get_data_feed(train_mode=False)
+    while not feed.should_stop():
+        rows = feed.next_batch(37)
+        if rows:
+            feed.batch_results([float((features ** 2).sum()) + label for features, label in rows])
+
+
+def test_inference_returns_one_result_per_row_in_order(sc, no_leftovers):
+    data = rows_rdd(sc, 1234, 4, dim=3)
+    expected = [float((np.full(3, i, np.float32) ** 2).sum()) + i for i in range(1234)]
+    with tfos.run(sc, square_sum, None, 2, input_mode=tfos.InputMode.SPARK) as cluster:
+        results = cluster.inference(data)
+        assert results.getNumPartitions() == 4
+        assert results.collect() == expected
+
+
+def two_queues(args, ctx):
+    counts = {}
+    for q in ("train", "validation"):
+        feed = ctx.get_data_feed(qname_in=q)
+        counts[q] = 0
+        while True:
+            pieces = feed.next_batch_arrays(100)
+            if pieces is None:
+                break
+            counts[q] += len(pieces[0])
+            if q == "train" and counts[q] == args["train_rows_per_node"]:
+                break
+    with open(os.path.join(args["out"], f"{ctx.job_name}.json"), "w") as f:
+        json.dump(counts, f)
+
+
+def test_two_queues_on_one_cluster(sc, tmp_path, no_leftovers):
+    train, validation = rows_rdd(sc, 400, 2), rows_rdd(sc, 60, 2)
+    # Two partitions on two executors: each node gets one partition of 200 training rows.
+    cluster = tfos.run(sc, two_queues, {"out": str(tmp_path), "train_rows_per_node": 200}, 2,
+                       input_mode=tfos.InputMode.SPARK)
+    cluster.train(train, qname="train")
+    cluster.train(validation, qname="validation")
+    cluster.shutdown()
+    totals = {"train": 0, "validation": 0}
+    for name in os.listdir(tmp_path):
+        for q, c in json.loads((tmp_path / name).read_text()).items():
+            totals[q] += c
+    assert totals == {"train": 400, "validation": 60}
+    assert sum(cluster.consumed_rows("validation").values()) == 60
+
+
+def test_bad_row_names_partition_and_row(sc, tmp_path, no_leftovers):
+    def row(i):
+        return (np.full(5 if i == 730 else 4, i, np.float32), i)
+
+    data = sc.parallelize(range(1000), 2).map(row)  # partition 1 holds 500..999
+    cluster = tfos.run(sc, drain_ids, {"out": str(tmp_path)}, 2, input_mode=tfos.InputMode.SPARK)
+    try:
+        with pytest.raises(tfos.FeedDataError, match=r"partition 1 row 230: field 0 .*shape \(5,\)"):
+            cluster.train(data)
+    finally:
+        cluster.shutdown()
+
+
+def never_reads(args, ctx):
+    ctx.get_data_feed()
+    deadline = time.time() + 120
+    while time.time() < deadline and not os.path.exists(args["stop"]):
+        time.sleep(0.05)
+
+
+def test_node_that_stops_consuming_times_out_naming_it(sc, tmp_path, no_leftovers):
+    # 96 MiB of rows: more than a node buffers (TFOS_FEED_BUFFER_BYTES, 64 MiB).
+    data = sc.parallelize(range(96), 2).map(lambda i: (np.zeros(1 << 18, np.float32), i))
+    stop = tmp_path / "stop"
+    cluster = tfos.run(sc, never_reads, {"stop": str(stop)}, 2, input_mode=tfos.InputMode.SPARK)
+    started = time.monotonic()
+    try:
+        with pytest.raises(tfos.FeedTimeoutError, match=r"node (chief|worker):0 .* feed_timeout=3.0s"):
+            cluster.train(data, feed_timeout=3)
+        assert time.monotonic() - started < 60
+    finally:
+        stop.touch()
+        cluster.shutdown()
+
+
+def read_then_terminate(args, ctx):
+    feed = ctx.get_data_feed()
+    got = 0
+    while got < 300:
+        got += len(feed.next_batch(50))
+    feed.terminate()
+    assert feed.should_stop()
+    with open(os.path.join(args["out"], f"{ctx.job_name}.json"), "w") as f:
+        json.dump(got, f)
+
+
+def test_terminate_stops_feeding_without_hanging(sc, tmp_path, no_leftovers):
+    cluster = tfos.run(sc, read_then_terminate, {"out": str(tmp_path)}, 2, input_mode=tfos.InputMode.SPARK)
+    started = time.monotonic()
+    cluster.train(rows_rdd(sc, 20000, 4), num_epochs=5)
+    assert time.monotonic() - started < 120
+    cluster.shutdown()
+    counts = cluster.consumed_rows()
+    assert all(c == 300 for c in counts.values()), counts
+
+
+def fail_while_fed(args, ctx):
+    feed = ctx.get_data_feed()
+    feed.next_batch(10)
+    if ctx.job_name == "worker":
+        raise RuntimeError("loss is NaN")
+    while not feed.should_stop():
+        feed.next_batch(10)
+
+
+def test_node_exception_while_fed_fails_train_promptly(sc, no_leftovers):
+    data = sc.parallelize(range(200), 2).map(lambda i: (np.zeros(1 << 16, np.float32), i))
+    cluster = tfos.run(sc, fail_while_fed, None, 2, input_mode=tfos.InputMode.SPARK)
+    started = time.monotonic()
+    with pytest.raises(tfos.NodeError, match="RuntimeError: loss is NaN") as info:
+        cluster.train(data, num_epochs=20, feed_timeout=300)
+    assert time.monotonic() - started < 60
+    assert "in fail_while_fed" in info.value.remote_traceback
+    with pytest.raises(tfos.NodeError):
+        cluster.shutdown()
+
+
+def test_train_on_tensorflow_mode_cluster_is_refused(sc, no_leftovers):
+    with tfos.run(sc, lambda args, ctx: None, None, 2) as cluster:
+        with pytest.raises(tfos.TFOSConfigError, match="input_mode=tfos.InputMode.SPARK"):
+            cluster.train(rows_rdd(sc, 10, 1))
+        with pytest.raises(tfos.TFOSConfigError, match="num_epochs"):
+            cluster.train(rows_rdd(sc, 10, 1), num_epochs=-1)

@@ -1,0 +1,154 @@
+"""DataFeed (node process): the node's end of the Spark feed, TensorFlowOnSpark's API plus fast paths."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tfos.errors import TFOSError
+from tfos.feed._columns import rows_from_columns
+from tfos.feed._hub import CLOSED, EPOCH_END, FeedQueue
+
+
+class DataFeed:
+    """Rows fed by ``Cluster.train`` / ``Cluster.inference``; get one with ``ctx.get_data_feed()``.
+
+    TensorFlowOnSpark's methods (``next_batch``, ``should_stop``, ``batch_results``,
+    ``terminate``) work unchanged; ``next_batch_arrays`` and ``as_dataset`` skip the
+    per-row Python objects and are the fast paths.
+    """
+
+    def __init__(self, hub: Any, queue: FeedQueue, qname_out: str = "output", train_mode: bool = True,
+                 input_mapping: dict[str, str] | list[str] | None = None) -> None:
+        self._hub = hub
+        self._queue = queue
+        self.qname_out = qname_out
+        self.train_mode = train_mode
+        self.input_mapping = input_mapping
+        self._done = False
+
+    # ---- TensorFlowOnSpark's API ----------------------------------------------------------
+    def next_batch(self, batch_size: int) -> list[Any] | dict[str, Any]:
+        """Up to ``batch_size`` rows as fed (tuples, arrays or values); fewer at the end of the feed.
+
+        With ``input_mapping`` it returns ``{tensor_name: array of that column}`` instead.
+        """
+        columns = self.next_batch_arrays(batch_size)
+        if columns is None:
+            return {} if self.input_mapping else []
+        if self.input_mapping:
+            return self._mapped(columns)
+        return rows_from_columns(columns, self._multi())
+
+    def should_stop(self) -> bool:
+        """True once the feed has ended (``shutdown``, ``terminate``) and nothing is left to read."""
+        q = self._queue
+        with q.cond:
+            return self._done or ((q.closed or q.terminated) and not q.chunks)
+
+    def batch_results(self, results: Any) -> None:
+        """Sends inference results back, one per input row, in the order rows were read.
+
+        ``results`` is a sequence or array with one entry (number, string or array) per
+        row; a tuple or list of arrays of equal length is taken as several output columns.
+        """
+        columns = _result_columns(results)
+        self._queue.answer(columns, len(columns[0]))
+
+    def terminate(self) -> None:
+        """Stops the feed early: buffered and further rows of this queue are dropped.
+
+        The driver's ``train()`` returns after the current epoch; rows are never
+        re-sent to another node.
+        """
+        self._done = True
+        self._hub.terminate(self._queue)
+
+    # ---- fast paths ------------------------------------------------------------------------
+    def next_batch_arrays(self, batch_size: int) -> list[np.ndarray] | None:
+        """Up to ``batch_size`` rows as one numpy array per column; None at the end of the feed."""
+        if self._done:
+            return None
+        pieces, why = self._queue.take(batch_size, within_epoch=False)
+        if not pieces:
+            if why == CLOSED:
+                self._done = True
+            return None
+        return _assemble(pieces)
+
+    def as_dataset(self, batch_size: int, drop_remainder: bool = False) -> Any:
+        """A ``tf.data.Dataset`` of batches; each pass over it reads one epoch of the feed.
+
+        Elements are a tensor (single-column rows), a tuple of tensors (one per field,
+        e.g. ``(features, label)`` for ``model.fit``) or, with ``input_mapping``, a dict.
+        Auto-sharding is off: the feed already gives each worker its own rows, and
+        workers whose epoch has fewer rows than others' finish together under
+        tf.distribute's partial-batch handling, so synchronous training does not hang.
+        """
+        import tensorflow as tf
+
+        schema = self._queue.wait_schema()
+        if schema is None:
+            raise TFOSError(f"queue {self._queue.name!r} closed before any data arrived")
+        specs = [tf.TensorSpec((None, *col["shape"][1:]), tf.as_dtype(np.dtype(col["dtype"])))
+                 for col in schema["cols"]]
+        queue, mapped = self._queue, self.input_mapping
+
+        def batches():
+            while True:
+                pieces, why = queue.take(batch_size, within_epoch=True)
+                if pieces and not (drop_remainder and sum(b - a for _, a, b in pieces) < batch_size):
+                    columns = _assemble(pieces, schema)
+                    yield self._mapped(columns) if mapped else (tuple(columns) if len(columns) > 1 else columns[0])
+                if why in (EPOCH_END, CLOSED) and not (why == EPOCH_END and pieces):
+                    return
+
+        if mapped:
+            names = self._mapped(specs)
+            signature: Any = names
+        else:
+            signature = tuple(specs) if len(specs) > 1 else specs[0]
+        dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        return dataset.with_options(options).prefetch(2)
+
+    # ---- helpers ---------------------------------------------------------------------------------
+    def _multi(self) -> bool:
+        schema = self._queue.schema
+        return bool(schema and schema.get("multi"))
+
+    def _mapped(self, columns: list[Any]) -> dict[str, Any]:
+        mapping = self.input_mapping
+        names = (self._queue.schema or {}).get("names")
+        if isinstance(mapping, dict):
+            if names and all(col in names for col in mapping):
+                return {tensor: columns[names.index(col)] for col, tensor in mapping.items()}
+            return {mapping[col]: columns[i] for i, col in enumerate(sorted(mapping))}
+        return dict(zip(mapping, columns))
+
+
+def _assemble(pieces: list[tuple[Any, int, int]], schema: dict[str, Any] | None = None) -> list[np.ndarray]:
+    width = len(pieces[0][0].columns)
+    if len(pieces) == 1:
+        chunk, a, b = pieces[0]
+        columns = [c[a:b] for c in chunk.columns]
+    else:
+        columns = [np.concatenate([chunk.columns[j][a:b] for chunk, a, b in pieces]) for j in range(width)]
+    if schema is not None:
+        columns = [c if c.dtype.str == spec["dtype"] else c.astype(spec["dtype"])
+                   for c, spec in zip(columns, schema["cols"])]
+    return columns
+
+
+def _result_columns(results: Any) -> list[np.ndarray]:
+    if isinstance(results, tuple) and results and all(isinstance(r, np.ndarray) for r in results):
+        columns = list(results)
+    else:
+        columns = [np.asarray(results)]
+    if any(c.dtype.hasobject for c in columns):
+        raise TFOSError("batch_results needs numbers, strings or equal-shaped arrays, one per input row")
+    if any(len(c) != len(columns[0]) for c in columns):
+        raise TFOSError("batch_results columns differ in length")
+    return columns

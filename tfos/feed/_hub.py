@@ -1,0 +1,296 @@
+"""The node's feed server and buffers (node process).
+
+``FeedHub`` accepts connections from feeding Spark tasks on the node's Unix and TCP
+sockets, checks the cluster secret, and puts each chunk of rows into the queue it
+names. A ``FeedQueue`` holds chunks in arrival order, bounded in bytes: when it is
+full the connection thread stops reading, so the feeding task blocks in ``send`` (back-
+pressure). Chunks carry their epoch; an epoch ends when a chunk of the next epoch
+arrives or when the driver says so (``feed_end`` event), whichever comes first.
+"""
+
+from __future__ import annotations
+
+import collections
+import hmac
+import logging
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tfos import _constants as C
+from tfos.errors import ProtocolError, TFOSError
+from tfos.feed._protocol import recv_frame, send_frame
+
+log = logging.getLogger(__name__)
+
+#: Results of ``FeedQueue.take``.
+EPOCH_END, CLOSED = "epoch_end", "closed"
+
+
+@dataclass
+class FeedConnection:
+    """One feeding task's connection; inference results go back through it."""
+
+    sock: socket.socket
+    inference: bool
+    received: int = 0
+    answered: int = 0
+    input_done: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+    send_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def send_results(self, columns: list[np.ndarray], count: int) -> None:
+        with self.send_lock:
+            send_frame(self.sock, {"op": "results", "rows": count}, columns)
+            self.answered += count
+            if self.input_done and self.answered >= self.received:
+                send_frame(self.sock, {"op": "done"})
+                self.done.set()
+
+
+@dataclass
+class Chunk:
+    epoch: int | None
+    columns: list[np.ndarray]
+    nrows: int
+    nbytes: int
+    conn: FeedConnection
+    pos: int = 0
+
+
+class FeedQueue:
+    """Chunks of one named queue, in arrival order, bounded in bytes."""
+
+    def __init__(self, name: str, capacity: int, closed: bool = False) -> None:
+        self.name = name
+        self.capacity = capacity
+        self.cond = threading.Condition()
+        self.chunks: collections.deque[Chunk] = collections.deque()
+        self.bytes = 0
+        self.epoch = 0
+        self.ended_upto = -1
+        self.closed = closed
+        self.terminated = False
+        self.consumed = 0
+        self.schema: dict[str, Any] | None = None
+        self.pending: collections.deque[list[Any]] = collections.deque()  # [conn, rows] awaiting results
+
+    def put(self, chunk: Chunk) -> bool:
+        """Adds ``chunk``, waiting for room; False when the queue no longer takes data."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.bytes + chunk.nbytes <= self.capacity or not self.chunks
+                               or self.terminated)
+            if self.terminated:
+                return False
+            self.chunks.append(chunk)
+            self.bytes += chunk.nbytes
+            self.cond.notify_all()
+            return True
+
+    def set_schema(self, schema: dict[str, Any]) -> None:
+        with self.cond:
+            if self.schema is None:
+                self.schema = schema
+                self.cond.notify_all()
+
+    def wait_schema(self) -> dict[str, Any] | None:
+        with self.cond:
+            self.cond.wait_for(lambda: self.schema is not None or self.closed or self.terminated)
+            return self.schema
+
+    def end_epoch(self, epoch: int) -> None:
+        with self.cond:
+            self.ended_upto = max(self.ended_upto, epoch)
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+    def terminate(self) -> None:
+        with self.cond:
+            self.terminated = True
+            self.bytes = 0
+            self.chunks.clear()
+            self.cond.notify_all()
+
+    def take(self, n: int, within_epoch: bool) -> tuple[list[tuple[Chunk, int, int]], str | None]:
+        """Up to ``n`` rows as (chunk, start, stop) pieces, plus why fewer came (or None).
+
+        With ``within_epoch`` the rows stop at the end of the current epoch: a short
+        (possibly empty) list with EPOCH_END, after which the next epoch begins.
+        """
+        pieces: list[tuple[Chunk, int, int]] = []
+        got = 0
+        with self.cond:
+            while got < n:
+                head = self.chunks[0] if self.chunks else None
+                if head is not None and head.nrows == 0:  # end of an inference partition
+                    self.chunks.popleft()
+                    if got:
+                        break  # its last rows make a short batch, so their results can go back
+                    continue
+                if head is not None and (not within_epoch or head.epoch is None or head.epoch <= self.epoch):
+                    if head.epoch is not None:
+                        self.epoch = max(self.epoch, head.epoch)
+                    stop = min(head.nrows, head.pos + n - got)
+                    pieces.append((head, head.pos, stop))
+                    got += stop - head.pos
+                    head.pos = stop
+                    if head.conn.inference:
+                        self.pending.append([head.conn, stop - pieces[-1][1]])
+                    if head.pos == head.nrows:
+                        self.chunks.popleft()
+                        self.bytes -= head.nbytes
+                        self.cond.notify_all()
+                    continue
+                epoch_over = head is not None or self.ended_upto >= self.epoch or self.closed
+                if within_epoch and epoch_over and not self.terminated:
+                    if got == 0:
+                        self.epoch += 1
+                    self.consumed += got
+                    return pieces, EPOCH_END
+                if head is None and (self.closed or self.terminated):
+                    self.consumed += got
+                    return pieces, CLOSED
+                self.cond.wait()
+            self.consumed += got
+            return pieces, None
+
+    def answer(self, results: list[np.ndarray], count: int) -> None:
+        """Routes ``count`` result rows back to the connections their inputs came from."""
+        start = 0
+        while start < count:
+            with self.cond:
+                if not self.pending:
+                    raise TFOSError(f"batch_results got {count} results but only {start} input rows await results "
+                                    f"on queue {self.name!r}")
+                entry = self.pending[0]
+                take = min(entry[1], count - start)
+                entry[1] -= take
+                if entry[1] == 0:
+                    self.pending.popleft()
+            entry[0].send_results([r[start:start + take] for r in results], take)
+            start += take
+
+
+class FeedHub:
+    """Serves the feed sockets of one node; see the module docstring."""
+
+    def __init__(self, node: Any, listeners: list[socket.socket]) -> None:
+        self.node = node
+        self.secret = node.p.secret.encode()
+        self.listeners = listeners
+        self.queues: dict[str, FeedQueue] = {}
+        self.lock = threading.Lock()
+        self.closed = False
+        self.capacity = C.get_int(C.FEED_BUFFER_BYTES)
+
+    def start(self) -> None:
+        for listener in self.listeners:
+            threading.Thread(target=self._accept_loop, args=(listener,), name="tfos-feed-accept", daemon=True).start()
+
+    def queue(self, name: str) -> FeedQueue:
+        with self.lock:
+            if name not in self.queues:
+                self.queues[name] = FeedQueue(name, self.capacity, closed=self.closed)
+            return self.queues[name]
+
+    def data_feed(self, qname_in: str, qname_out: str, train_mode: bool, input_mapping: Any) -> Any:
+        from tfos.feed._datafeed import DataFeed
+
+        return DataFeed(self, self.queue(qname_in), qname_out, train_mode, input_mapping)
+
+    def handle(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind == "feed_begin":
+            self.queue(event["qname"]).set_schema(event["schema"])
+        elif kind == "feed_end":
+            self.queue(event["qname"]).end_epoch(int(event["epoch"]))
+        elif kind == "feed_close":
+            with self.lock:
+                self.closed = True
+                queues = list(self.queues.values())
+            for q in queues:
+                q.close()
+
+    def stats(self) -> dict[str, Any]:
+        with self.lock:
+            return {"consumed": {name: q.consumed for name, q in self.queues.items()}}
+
+    def close(self) -> None:
+        for listener in self.listeners:
+            try:
+                listener.close()
+            except OSError:
+                pass
+
+    def terminate(self, queue: FeedQueue) -> None:
+        queue.terminate()
+        try:
+            self.node.client.call("Terminate", {"executor_id": self.node.p.executor_id, "qname": queue.name})
+        except TFOSError:
+            log.warning("could not tell the driver that queue %r was terminated", queue.name, exc_info=True)
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except OSError:
+                return  # listener closed at exit
+            threading.Thread(target=self._serve, args=(sock,), name="tfos-feed-conn", daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        try:
+            with sock:
+                self._serve_feeder(sock)
+        except (ConnectionError, ProtocolError, OSError) as exc:
+            log.warning("feed connection dropped: %s", exc)
+
+    def _serve_feeder(self, sock: socket.socket) -> None:
+        first = recv_frame(sock)
+        if first is None:
+            return
+        hello, _ = first
+        given = hello.get("secret")
+        if hello.get("op") != "hello" or not isinstance(given, str) or not hmac.compare_digest(given.encode(),
+                                                                                                self.secret):
+            send_frame(sock, {"op": "error", "message": "missing or wrong tfos cluster secret"})
+            return
+        queue = self.queue(str(hello["qname"]))
+        conn = FeedConnection(sock, inference=bool(hello.get("inference")))
+        epoch = hello.get("epoch")
+        send_frame(sock, {"op": "ready", "node": self.node.name})
+        while True:
+            frame = recv_frame(sock)
+            if frame is None:
+                return
+            header, columns = frame
+            if header.get("op") == "end":
+                break
+            if header.get("op") != "data" or not columns:
+                raise ProtocolError(f"unexpected feed frame {header.get('op')!r}")
+            if queue.schema is None and header.get("schema"):
+                queue.set_schema(header["schema"])
+            nrows = len(columns[0])
+            conn.received += nrows
+            chunk = Chunk(epoch, columns, nrows, sum(c.nbytes for c in columns), conn)
+            if not queue.put(chunk):
+                send_frame(sock, {"op": "terminated"})
+                return
+        if conn.inference:
+            queue.put(Chunk(None, [], 0, 0, conn))
+        with conn.send_lock:
+            conn.input_done = True
+            finished = conn.answered >= conn.received
+        if not conn.inference:
+            send_frame(sock, {"op": "ack", "rows": conn.received})
+        elif finished:
+            with conn.send_lock:
+                send_frame(sock, {"op": "done"})
+        else:
+            conn.done.wait()  # results flow back from batch_results on the node's thread
