@@ -145,8 +145,8 @@ def never_reads(args, ctx):
 
 
 def test_node_that_stops_consuming_times_out_naming_it(sc, tmp_path, no_leftovers):
-    # 96 MiB of rows: more than a node buffers (TFOS_FEED_BUFFER_BYTES, 64 MiB).
-    data = sc.parallelize(range(96), 2).map(lambda i: (np.zeros(1 << 18, np.float32), i))
+    # 96 MiB of rows per node: more than a node buffers (TFOS_FEED_BUFFER_BYTES, 64 MiB).
+    data = sc.parallelize(range(192), 2).map(lambda i: (np.zeros(1 << 18, np.float32), i))
     stop = tmp_path / "stop"
     cluster = tfos.run(sc, never_reads, {"stop": str(stop)}, 2, input_mode=tfos.InputMode.SPARK)
     started = time.monotonic()
@@ -207,3 +207,28 @@ def test_train_on_tensorflow_mode_cluster_is_refused(sc, no_leftovers):
             cluster.train(rows_rdd(sc, 10, 1))
         with pytest.raises(tfos.TFOSConfigError, match="num_epochs"):
             cluster.train(rows_rdd(sc, 10, 1), num_epochs=-1)
+
+
+def fit_from_feed(args, ctx):
+    import tensorflow as tf
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    with strategy.scope():
+        model = tf.keras.Sequential([tf.keras.Input(shape=(8,)), tf.keras.layers.Dense(4)])
+        model.compile(optimizer="sgd", loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(ctx.get_data_feed().as_dataset(32), epochs=2, verbose=0)
+    with open(os.path.join(args["out"], f"{ctx.job_name}.json"), "w") as f:
+        json.dump(len(history.history["loss"]), f)
+
+
+def test_synchronous_keras_fit_on_uneven_partitions_ends_epochs_together(sc, tmp_path, no_leftovers):
+    # 3 partitions of very different sizes on 2 executors: the nodes get unequal rows.
+    data = sc.parallelize(range(1000), 1).map(lambda i: (np.full(8, i % 7, np.float32), i % 4))
+    data = data.union(sc.parallelize(range(1000, 1100), 1).map(lambda i: (np.zeros(8, np.float32), 1)))
+    data = data.union(sc.parallelize(range(1100, 1137), 1).map(lambda i: (np.ones(8, np.float32), 2)))
+    cluster = tfos.run(sc, fit_from_feed, {"out": str(tmp_path)}, 2, input_mode=tfos.InputMode.SPARK)
+    cluster.train(data, num_epochs=2, feed_timeout=120)
+    cluster.shutdown(timeout=180)
+    assert json.loads((tmp_path / "chief.json").read_text()) == 2
+    assert json.loads((tmp_path / "worker.json").read_text()) == 2
+    assert sum(cluster.consumed_rows().values()) == 2 * 1137

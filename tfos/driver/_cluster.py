@@ -168,7 +168,7 @@ class Cluster:
             epoch = self._feed_epochs.get(qname, 0)
             self._feed_epochs[qname] = epoch + 1
             feeder = self._feeder(qname, epoch, feed_timeout, arrow)
-            self._run_feed_job(lambda f=feeder: rdd.mapPartitionsWithIndex(f).collect(), f"feed {qname} #{epoch}")
+            self._run_feed_job(lambda f=feeder: rdd.mapPartitionsWithIndex(f).collect(), qname, epoch)
             self._server.post({"type": "feed_end", "qname": qname, "epoch": epoch}, self._consumer_ids())
 
     def inference(self, data: Any, feed_timeout: float = 600, qname: str = "input") -> Any:
@@ -281,8 +281,13 @@ class Cluster:
         self._server.post({"type": "feed_begin", "qname": qname, "schema": schema}, self._consumer_ids())
         return True
 
-    def _run_feed_job(self, action: Callable[[], Any], description: str) -> None:
-        """Runs a feeding job; on a node or feed failure cancels it and raises the cause."""
+    def _run_feed_job(self, action: Callable[[], Any], qname: str, epoch: int) -> None:
+        """Runs a feeding job; on a node or feed failure cancels it and raises the cause.
+
+        Once a node terminated ``qname``, nodes may have finished: feeding errors then
+        end the feed quietly instead.
+        """
+        description = f"feed {qname} #{epoch}"
         group = f"{self.job_group}-feed"
         errors_before = len(self._server.feed_errors())
         outcome: dict[str, BaseException] = {}
@@ -309,6 +314,9 @@ class Cluster:
         if failure is not None:
             self.sc.cancelJobGroup(group)
             thread.join(timeout=30)
+            if not isinstance(failure, NodeError) and self._server.terminated(qname):
+                log.info("feeding %s stopped after a node terminated the queue (%s)", description, failure)
+                return
             raise failure
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -425,8 +433,9 @@ def _feed_error(report: dict[str, Any]) -> TFOSError:
 def _short(exc: BaseException) -> str:
     """The Python error inside a Py4J / Spark failure, without the JVM stack."""
     text = str(exc)
-    lines = [line for line in text.splitlines() if "Error" in line or "Exception" in line]
-    return (lines[-1] if lines else text.splitlines()[0] if text else type(exc).__name__)[:2000]
+    python_errors = re.findall(r"^\s*((?:[\w.]+\.)?\w*(?:Error|Exception): .*)$", text, flags=re.MULTILINE)
+    python_errors = [line for line in python_errors if not line.startswith(("org.", "java.", "scala."))]
+    return (python_errors[-1] if python_errors else text.splitlines()[0] if text else type(exc).__name__)[:2000]
 
 
 def _role(node: NodeStatus) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import select
 import socket
 import threading
 from collections.abc import Iterator
@@ -109,15 +110,15 @@ class Feeder:
 
     # ---- training ---------------------------------------------------------------------------
     def _train(self, sock: socket.socket, consumer: Consumer, partition: int, rows: Iterator[Any]) -> int:
-        sent = 0
+        reply = None
         for columns, schema in self._chunks(partition, rows):
+            if select.select([sock], [], [], 0)[0]:  # the node only speaks early to refuse data
+                reply = _expect(recv_frame(sock), consumer)
+                break
             send_frame(sock, {"op": "data", "schema": schema}, columns)
-            sent += len(columns[0])
         send_frame(sock, {"op": "end"})
-        reply = _expect(recv_frame(sock), consumer)
-        if reply["op"] == "terminated":
-            return 0
-        return int(reply["rows"])
+        reply = reply or _expect(recv_frame(sock), consumer)
+        return 0 if reply["op"] == "terminated" else int(reply["rows"])
 
     # ---- inference --------------------------------------------------------------------------
     def _infer(self, sock: socket.socket, consumer: Consumer, partition: int, rows: Iterator[Any]) -> Iterator[Any]:

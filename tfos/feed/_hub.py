@@ -265,6 +265,7 @@ class FeedHub:
         conn = FeedConnection(sock, inference=bool(hello.get("inference")))
         epoch = hello.get("epoch")
         send_frame(sock, {"op": "ready", "node": self.node.name})
+        dropping = False  # after terminate(): read and drop the rest of the partition
         while True:
             frame = recv_frame(sock)
             if frame is None:
@@ -272,6 +273,8 @@ class FeedHub:
             header, columns = frame
             if header.get("op") == "end":
                 break
+            if dropping:
+                continue
             if header.get("op") != "data" or not columns:
                 raise ProtocolError(f"unexpected feed frame {header.get('op')!r}")
             if queue.schema is None and header.get("schema"):
@@ -280,8 +283,10 @@ class FeedHub:
             conn.received += nrows
             chunk = Chunk(epoch, columns, nrows, sum(c.nbytes for c in columns), conn)
             if not queue.put(chunk):
-                send_frame(sock, {"op": "terminated"})
-                return
+                send_frame(sock, {"op": "terminated"})  # the feeder stops sending when it sees this
+                dropping = True
+        if dropping:
+            return
         if conn.inference:
             queue.put(Chunk(None, [], 0, 0, conn))
         with conn.send_lock:
