@@ -24,7 +24,7 @@ TENSORBOARD_PORT = "TFOS_TENSORBOARD_PORT", "0"
 #: Bytes of fed data a node buffers per queue before the feeders wait (back-pressure).
 FEED_BUFFER_BYTES = "TFOS_FEED_BUFFER_BYTES", 64 << 20
 #: Target size in bytes of one chunk of rows sent from a Spark task to a node.
-FEED_CHUNK_BYTES = "TFOS_FEED_CHUNK_BYTES", 4 << 20
+FEED_CHUNK_BYTES = "TFOS_FEED_CHUNK_BYTES", 1 << 20
 
 
 def get_str(setting: tuple[str, str]) -> str:

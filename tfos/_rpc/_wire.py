@@ -41,8 +41,8 @@ def encode(message: Mapping[str, Any]) -> bytes:
 def decode(data: bytes) -> dict[str, Any]:
     try:
         message = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError(f"request is not valid JSON: {exc}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ProtocolError(f"request is not valid JSON: {type(exc).__name__}: {exc}"[:300]) from None
     if not isinstance(message, dict):
         raise ProtocolError(f"request must be a JSON object, got {type(message).__name__}")
     return message

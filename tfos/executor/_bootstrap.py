@@ -73,9 +73,11 @@ class NodeLauncher:
     default_fs: str
     main: bytes
 
-    def __call__(self, _: Iterator[Any]) -> Iterator[int]:
+    def __call__(self, partition: Iterator[Any]) -> Iterator[int]:
         from pyspark import TaskContext
 
+        for _ in partition:
+            pass  # a worker that leaves input unread is not reused: the next task would pay a fresh start
         task = TaskContext.get()
         executor_id = task.partitionId()
         if task.attemptNumber() > 0:

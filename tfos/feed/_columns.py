@@ -29,11 +29,13 @@ def pack(rows: Sequence[Any], partition: int, offset: int, multi: bool,
     """
     if multi:
         width = len(rows[0])
-        for i, row in enumerate(rows):
-            if not is_multi_field(row) or len(row) != width:
-                got = len(row) if is_multi_field(row) else f"a {type(row).__name__}"
-                raise FeedDataError(f"partition {partition} row {offset + i}: has {got} fields, the batch has "
-                                    f"{width}", partition=partition, row=offset + i)
+        # set(map(...)) checks every row in C; the Python loop runs only to name a bad row
+        if not all(issubclass(t, (tuple, list)) for t in set(map(type, rows))) or set(map(len, rows)) != {width}:
+            for i, row in enumerate(rows):
+                if not is_multi_field(row) or len(row) != width:
+                    got = len(row) if is_multi_field(row) else f"a {type(row).__name__}"
+                    raise FeedDataError(f"partition {partition} row {offset + i}: has {got} fields, the batch has "
+                                        f"{width}", partition=partition, row=offset + i)
         fields: Sequence[Sequence[Any]] = list(zip(*rows))
     else:
         fields = [rows]
@@ -49,10 +51,7 @@ def pack(rows: Sequence[Any], partition: int, offset: int, multi: bool,
 def _column(values: Sequence[Any], partition: int, offset: int, field: int) -> np.ndarray:
     first = values[0]
     try:
-        if isinstance(first, np.ndarray):
-            column = np.stack(values)
-        else:
-            column = np.asarray(values)
+        column = np.asarray(values)  # one copy, and ~3x faster than np.stack for a list of arrays
     except ValueError:
         raise _mismatch(values, partition, offset, field) from None
     try:

@@ -10,6 +10,9 @@ from tfos.errors import TFOSError
 from tfos.feed._columns import rows_from_columns
 from tfos.feed._hub import CLOSED, EPOCH_END, FeedQueue
 
+#: as_dataset's generator hands TensorFlow this many batches per Python call; tf.data splits them.
+BATCHES_PER_CALL = 8
+
 
 class DataFeed:
     """Rows fed by ``Cluster.train`` / ``Cluster.inference``; get one with ``ctx.get_data_feed()``.
@@ -97,8 +100,8 @@ class DataFeed:
 
         def batches():
             while True:
-                pieces, why = queue.take(batch_size, within_epoch=True)
-                if pieces and not (drop_remainder and sum(b - a for _, a, b in pieces) < batch_size):
+                pieces, why = queue.take(batch_size * BATCHES_PER_CALL, within_epoch=True)
+                if pieces:
                     columns = _assemble(pieces, schema)
                     yield self._mapped(columns) if mapped else (tuple(columns) if len(columns) > 1 else columns[0])
                 if why in (EPOCH_END, CLOSED) and not (why == EPOCH_END and pieces):
@@ -112,7 +115,7 @@ class DataFeed:
         dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-        return dataset.with_options(options).prefetch(2)
+        return dataset.rebatch(batch_size, drop_remainder=drop_remainder).with_options(options).prefetch(2)
 
     # ---- helpers ---------------------------------------------------------------------------------
     def _multi(self) -> bool:

@@ -26,7 +26,7 @@ from tfos import _constants as C
 from tfos.errors import AuthError, FeedTimeoutError, TFOSError
 from tfos.executor._bootstrap import local_marker_path, unix_socket_path
 from tfos.feed._columns import is_multi_field, pack
-from tfos.feed._protocol import column_spec, recv_frame, send_frame
+from tfos.feed._protocol import column_spec, recv_frame, send_frame, widen_buffers
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,7 @@ class Feeder:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             address = (consumer.host, consumer.feed_port)
         sock.settimeout(self.feed_timeout)
+        widen_buffers(sock)
         try:
             sock.connect(address)
             send_frame(sock, {"op": "hello", "secret": self.secret, "qname": self.qname, "epoch": self.epoch,

@@ -22,7 +22,7 @@ import numpy as np
 
 from tfos import _constants as C
 from tfos.errors import ProtocolError, TFOSError
-from tfos.feed._protocol import recv_frame, send_frame
+from tfos.feed._protocol import recv_frame, send_frame, widen_buffers
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +242,7 @@ class FeedHub:
                 sock, _ = listener.accept()
             except OSError:
                 return  # listener closed at exit
+            widen_buffers(sock)
             threading.Thread(target=self._serve, args=(sock,), name="tfos-feed-conn", daemon=True).start()
 
     def _serve(self, sock: socket.socket) -> None:
