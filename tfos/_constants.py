@@ -15,6 +15,8 @@ from tfos.errors import TFOSConfigError
 POLL_HOLD_SECS = "TFOS_POLL_HOLD_SECS", 2.0
 #: Seconds a node keeps running after it last reached the driver.
 ORPHAN_TIMEOUT_SECS = "TFOS_ORPHAN_TIMEOUT_SECS", 30.0
+#: Seconds without a heartbeat (a node's poll) after which the driver declares the node failed.
+HEARTBEAT_TIMEOUT_SECS = "TFOS_HEARTBEAT_TIMEOUT_SECS", 6.0
 #: Host the driver's control server binds and advertises (default: Spark's driver host).
 SERVER_HOST = "TFOS_SERVER_HOST", ""
 #: Port or port range ("9000-9100") for the driver's control server; 0 picks any.

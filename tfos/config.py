@@ -40,6 +40,7 @@ class ClusterConfig:
     eval_node: bool = False
     reservation_timeout: float = 600.0
     release_port: bool = True
+    max_restarts: int = 0
 
     def __post_init__(self) -> None:
         if not callable(self.main_fun):
@@ -48,6 +49,7 @@ class ClusterConfig:
             )
         _check_int("num_executors", self.num_executors, minimum=1)
         _check_int("num_ps", self.num_ps, minimum=0)
+        _check_int("max_restarts", self.max_restarts, minimum=0)
         if self.master_node not in (None, *_MASTER_NODES):
             raise TFOSConfigError(f"master_node must be 'chief', 'master' or None; got {self.master_node!r}")
         try:
@@ -60,6 +62,11 @@ class ClusterConfig:
             raise TFOSConfigError(
                 f"num_executors={self.num_executors} leaves no chief or worker after num_ps={self.num_ps} "
                 f"and eval_node={bool(self.eval_node)}; raise num_executors or lower num_ps"
+            )
+        if self.max_restarts and self.input_mode == InputMode.SPARK:
+            raise TFOSConfigError(
+                "max_restarts needs input_mode=InputMode.TENSORFLOW: with InputMode.SPARK the rows fed before a "
+                "failure cannot be replayed into restarted nodes. Catch NodeFailedError and run again instead."
             )
         if not isinstance(self.reservation_timeout, numbers.Real) or self.reservation_timeout <= 0:
             raise TFOSConfigError(

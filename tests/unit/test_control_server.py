@@ -145,11 +145,11 @@ def test_failure_report_is_kept_and_secret_never_in_cluster_info(server, client)
     assert SECRET not in repr(server.cluster_info())
 
 
-def test_concurrent_registration_of_64_nodes(monkeypatch):
+@pytest.mark.parametrize("n", [64, 256])
+def test_concurrent_registration(monkeypatch, n):
     from tfos._rpc import ControlClient
 
     monkeypatch.setenv("TFOS_POLL_HOLD_SECS", "5")
-    n = 64
     srv = ControlServer(cluster_template(n, 0, "chief", False), SECRET)
     srv.start("127.0.0.1")
     specs = []
@@ -174,3 +174,27 @@ def test_concurrent_registration_of_64_nodes(monkeypatch):
     assert len(specs) == n
     assert all(spec == specs[0] for spec in specs)
     assert len(specs[0]["worker"]) == n - 1
+
+
+def test_node_output_is_logged_with_its_role_and_kept_for_errors(server, client, caplog):
+    import logging
+
+    register_all(client)
+    caplog.set_level(logging.INFO, logger="tfos.node")
+    client.call("Log", {"executor_id": 2, "lines": ["epoch 1/2", "loss: 0.5"]})
+    assert [r.getMessage() for r in caplog.records if r.name == "tfos.node"] == ["[worker:0] epoch 1/2",
+                                                                                  "[worker:0] loss: 0.5"]
+    assert list(server.nodes()[2].log_tail) == ["epoch 1/2", "loss: 0.5"]
+    with pytest.raises(ProtocolError, match="list of at most"):
+        client.call("Log", {"executor_id": 2, "lines": "not a list"})
+
+
+def test_silent_nodes_are_found_and_given_up(server, client, monkeypatch):
+    register_all(client)
+    server.touch()
+    assert server.silent_nodes(timeout=60) == []
+    client.call("Poll", {"executor_id": 0, "seq": 0})
+    silent = server.silent_nodes(timeout=0.0)
+    assert {n.role for n in silent} == {"ps:0", "chief:0", "worker:0"}
+    server.give_up(silent[0], "silent")
+    assert silent[0].exited and silent[0] not in server.silent_nodes(timeout=0.0)

@@ -22,7 +22,7 @@ from tfos.errors import AuthError, ProtocolError, TFOSError
 log = logging.getLogger(__name__)
 
 SERVICE = "tfos.Control"
-METHODS = ("Register", "AwaitSpec", "Poll", "Report", "FeedError", "Terminate")
+METHODS = ("Register", "AwaitSpec", "Poll", "Report", "FeedError", "Terminate", "Log")
 SECRET_KEY = "tfos-secret"
 MAX_MESSAGE_BYTES = 4 << 20
 _OPTIONS = [

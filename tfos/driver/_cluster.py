@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import secrets
+import signal
 import sys
 import threading
 import time
@@ -32,6 +33,7 @@ from tfos.errors import (
     FeedDataError,
     FeedTimeoutError,
     NodeError,
+    NodeFailedError,
     ReservationTimeoutError,
     TFOSConfigError,
     TFOSError,
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_NODE_GONE = re.compile(r"closed the feed|cannot reach the feed|Broken pipe|Connection reset|Connection refused")
 _LOCAL_CLUSTER = re.compile(r"local-cluster\[\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\]")
 
 
@@ -58,7 +61,7 @@ class ClusterState(enum.Enum):
 def run(sc: SparkContext, main_fun: Callable[[Any, Any], Any], tf_args: Any, num_executors: int, num_ps: int = 0,
         tensorboard: bool = False, input_mode: InputMode = InputMode.TENSORFLOW, log_dir: str | None = None,
         master_node: str | None = "chief", eval_node: bool = False, reservation_timeout: float = 600,
-        release_port: bool = True) -> Cluster:
+        release_port: bool = True, max_restarts: int = 0) -> Cluster:
     """Starts a TensorFlow cluster with one node per Spark executor.
 
     Args:
@@ -76,6 +79,9 @@ def run(sc: SparkContext, main_fun: Callable[[Any, Any], Any], tf_args: Any, num
         reservation_timeout: seconds to wait for every node to register.
         release_port: release the node's reserved TF port before main_fun (else call
             ``ctx.release_port()``).
+        max_restarts: how many times to restart every node after a node fails
+            (InputMode.TENSORFLOW). main_fun runs again from the start, so it should
+            resume from its checkpoints (Keras ``BackupAndRestore``, ``tf.train.CheckpointManager``).
 
     Returns:
         The running Cluster; also a context manager that shuts it down on exit.
@@ -87,9 +93,12 @@ def run(sc: SparkContext, main_fun: Callable[[Any, Any], Any], tf_args: Any, num
     """
     config = ClusterConfig(main_fun=main_fun, num_executors=num_executors, num_ps=num_ps, tensorboard=tensorboard,
                            input_mode=input_mode, log_dir=log_dir, master_node=master_node, eval_node=eval_node,
-                           reservation_timeout=reservation_timeout, release_port=release_port)
+                           reservation_timeout=reservation_timeout, release_port=release_port,
+                           max_restarts=max_restarts)
     cluster = Cluster(sc, config, tf_args)
+    _exit_on_sigterm()
     cluster._start()
+    cluster._watch()
     return cluster
 
 
@@ -100,20 +109,29 @@ class Cluster:
         self.sc = sc
         self.config = config
         self.state = ClusterState.STARTING
-        self.cluster_id = uuid.uuid4().hex
-        self.job_group = f"tfos-{self.cluster_id[:12]}"
         self.template = cluster_template(config.num_executors, config.num_ps, config.master_node, config.eval_node)
-        local_mode = _preflight(sc, config)
+        self._local_mode = _preflight(sc, config)
         self._main = _pickle_main(config.main_fun, tf_args)
         self._secret = secrets.token_hex(16)
-        self._server = ControlServer(self.template, self._secret, local_mode=local_mode)
-        self._server_address = ""
+        self._new_generation()
+        self.restarts = 0
+        self._failure: TFOSError | None = None
+        self._failure_raised = False
+        self._monitor: threading.Thread | None = None
+        self._monitor_stop = threading.Event()
         self._feed_epochs: dict[str, int] = {}
         self._schemas: dict[str, dict[str, Any]] = {}
+        self._lock = threading.RLock()
+        self._atexit = None
+
+    def _new_generation(self) -> None:
+        """A fresh identity and control server for (re)starting every node."""
+        self.cluster_id = uuid.uuid4().hex
+        self.job_group = f"tfos-{self.cluster_id[:12]}"
+        self._server = ControlServer(self.template, self._secret, local_mode=self._local_mode)
+        self._server_address = ""
         self._node_job: threading.Thread | None = None
         self._node_job_error: BaseException | None = None
-        self._lock = threading.Lock()
-        self._atexit = None
 
     # ---- public surface ------------------------------------------------------------------
     @property
@@ -195,7 +213,8 @@ class Cluster:
         """Stops the cluster: waits for chief and workers, then stops every node.
 
         Idempotent. In InputMode.SPARK the feeds are closed first, so ``should_stop()``
-        turns true on every node once its buffered data is consumed.
+        turns true on every node once its buffered data is consumed. If a node failed
+        earlier (and was not restarted), the first call raises that failure.
 
         Args:
             grace_secs: seconds to let serving nodes (ps, evaluator) run after the
@@ -205,35 +224,52 @@ class Cluster:
 
         Raises:
             NodeError: a node's main_fun raised (with the remote traceback).
+            NodeFailedError: a node process died, its executor was lost, or it went silent.
             TFOSError: the workers did not finish within ``timeout``.
         """
         with self._lock:
             if self.state in (ClusterState.STOPPED, ClusterState.FAILED):
+                self._raise_failure_once()
                 return
             self.state = ClusterState.STOPPING
         started = time.monotonic()
         error: BaseException | None = None
         try:
-            workers = [eid for eid, (job, _) in self.template.items() if job in FEEDING_JOBS]
+            workers = self._consumer_ids()
             if self.config.input_mode == InputMode.SPARK:
                 self._server.post({"type": "feed_close"}, workers)
-            nodes = self._server.nodes()
-            done = self._server.wait(
-                lambda: all(nodes[e].state in (FINISHED, FAILED) for e in workers) or self._first_failure() is not None,
-                timeout=timeout)
-            error = self._first_failure()
-            if error is None and not done:
-                running = [_role(nodes[e]) for e in workers if nodes[e].state not in (FINISHED, FAILED)]
+            if not self._await_workers(workers, started + timeout):
+                running = [_role(n) for n in self._server.nodes().values() if n.info["executor_id"] in workers
+                           and n.state != FINISHED]
                 error = TFOSError(f"{', '.join(running)} still running {timeout}s after shutdown() began; "
                                   "stopped them. Raise shutdown(timeout=...) if training needs longer.")
-            if grace_secs and error is None:
+            elif grace_secs and self._failure is None:
                 time.sleep(grace_secs)  # the user asked serving nodes to keep running this long
         finally:
             self._teardown("cluster shut down")
         log.info("tfos cluster shut down in %.2fs", time.monotonic() - started)
+        if self._failure is not None:
+            self._raise_failure_once()
         if error is not None:
             self.state = ClusterState.FAILED
             raise error
+
+    def _await_workers(self, workers: list[int], deadline: float) -> bool:
+        """Waits until every chief/worker finished main_fun, across restarts; False on timeout."""
+        while self._failure is None:
+            server = self._server  # replaced when the monitor restarts the cluster
+            remaining = deadline - time.monotonic()
+            if server.wait(lambda s=server: _finished(s, workers) or self._failure is not None or s is not self._server,
+                           timeout=min(1.0, max(0.0, remaining))) and _finished(server, workers):
+                return True
+            if remaining <= 0:
+                return False
+        return True
+
+    def _raise_failure_once(self) -> None:
+        if self._failure is not None and not self._failure_raised:
+            self._failure_raised = True
+            raise self._failure
 
     def __enter__(self) -> Cluster:
         return self
@@ -252,6 +288,9 @@ class Cluster:
         if self.config.input_mode != InputMode.SPARK:
             raise TFOSConfigError(f"{method}() feeds data from Spark: start the cluster with "
                                   "input_mode=tfos.InputMode.SPARK (nodes read their own data in TENSORFLOW mode)")
+        if self._failure is not None:
+            self._failure_raised = True
+            raise self._failure
         if self.state != ClusterState.RUNNING:
             raise TFOSError(f"{method}() on a cluster that is {self.state.value}")
         if not isinstance(feed_timeout, (int, float)) or feed_timeout <= 0:
@@ -289,7 +328,8 @@ class Cluster:
         """
         description = f"feed {qname} #{epoch}"
         group = f"{self.job_group}-feed"
-        errors_before = len(self._server.feed_errors())
+        server = self._server
+        errors_before = len(server.feed_errors())
         outcome: dict[str, BaseException] = {}
         done = threading.Event()
 
@@ -300,21 +340,27 @@ class Cluster:
                 outcome["error"] = exc
             finally:
                 done.set()
-                self._server.wake()
+                server.wake()
 
         thread = _spark_job_thread(self.sc, group, description, body)
-        self._server.wait(lambda: done.is_set() or self._first_failure() is not None
-                          or len(self._server.feed_errors()) > errors_before, timeout=None)
-        failure: BaseException | None = self._first_failure()
-        feed_errors = self._server.feed_errors()[errors_before:]
+        server.wait(lambda: done.is_set() or self._failure is not None or len(server.feed_errors()) > errors_before,
+                    timeout=None)
+        failure: BaseException | None = self._failure
+        feed_errors = server.feed_errors()[errors_before:]
         if failure is None and feed_errors:
             failure = _feed_error(feed_errors[0])
         if failure is None and "error" in outcome:
             failure = TFOSError(f"feeding job failed: {_short(outcome['error'])}")
+            if _NODE_GONE.search(str(failure)):
+                # A dead node breaks the feed at once; give the monitor the time to say which and why.
+                server.wait(lambda: self._failure is not None, timeout=C.get_float(C.HEARTBEAT_TIMEOUT_SECS) + 2)
+                failure = self._failure or failure
         if failure is not None:
             self.sc.cancelJobGroup(group)
             thread.join(timeout=30)
-            if not isinstance(failure, NodeError) and self._server.terminated(qname):
+            if failure is self._failure:
+                self._failure_raised = True
+            elif server.terminated(qname):
                 log.info("feeding %s stopped after a node terminated the queue (%s)", description, failure)
                 return
             raise failure
@@ -340,8 +386,7 @@ class Cluster:
             timeout=config.reservation_timeout)
         errors = self._server.launch_errors()
         if errors or self._node_job_error is not None or not registered or self._server.registered() < n:
-            self._teardown("reservation failed")
-            self.state = ClusterState.FAILED
+            self._stop_nodes("reservation failed")
             if errors:
                 eid, err = sorted(errors.items())[0]
                 job, index = self.template[eid]
@@ -352,8 +397,11 @@ class Cluster:
                 raise TFOSError(f"the Spark job hosting the nodes failed: {self._node_job_error}") \
                     from self._node_job_error
             raise ReservationTimeoutError(self._timeout_message(), registered=self._server.registered(), expected=n)
-        self.state = ClusterState.RUNNING
-        self._atexit = _register_atexit(self)
+        self._server.touch()  # heartbeats count from now on
+        if self.state == ClusterState.STARTING:
+            self.state = ClusterState.RUNNING
+        if self._atexit is None:
+            self._atexit = _register_atexit(self)
         log.info("tfos cluster of %d nodes registered in %.2fs: %s", n, time.monotonic() - started,
                  self.cluster_spec)
 
@@ -382,35 +430,115 @@ class Cluster:
             "reservation_timeout if executors start slowly."
         )
 
-    def _first_failure(self) -> NodeError | None:
-        for eid, node in sorted(self._server.nodes().items()):
-            if node.state == FAILED and node.error is not None:
-                info, err = node.info, node.error
-                return NodeError(
-                    f"main_fun failed on {_role(node)} (host {info['host']}, executor_id {eid}): "
-                    f"{err['message']}\n--- remote traceback ---\n{err['traceback']}",
-                    job_name=info["job_name"], task_index=info["task_index"], host=info["host"],
-                    executor_id=eid, remote_traceback=err["traceback"])
+    # ---- failures and restarts ---------------------------------------------------------------
+    def _watch(self) -> None:
+        """Starts the monitor that turns node failures into errors (or restarts) within seconds."""
+        self._monitor = threading.Thread(target=self._monitor_loop, name=f"{self.job_group}-monitor", daemon=True)
+        self._monitor.start()
+
+    def _monitor_loop(self) -> None:
+        heartbeat = C.get_float(C.HEARTBEAT_TIMEOUT_SECS)
+        while not self._monitor_stop.is_set():
+            server = self._server
+            server.wait(lambda s=server: self._monitor_stop.is_set() or _failed_node(s) is not None, timeout=0.5)
+            if self._monitor_stop.is_set():
+                return
+            failure = self._detect_failure(server, heartbeat)
+            if failure is not None:
+                self._handle_failure(failure)
+
+    def _detect_failure(self, server: ControlServer, heartbeat: float) -> TFOSError | None:
+        node = _failed_node(server)
+        if node is not None:
+            return _node_error(node)
+        for node in server.silent_nodes(heartbeat):
+            server.give_up(node, "silent")
+            return _node_failed(node, f"sent no heartbeat for {heartbeat:.0f}s: its process was killed, its Spark "
+                                      "executor was lost, or it is stuck holding the GIL. Set "
+                                      "TFOS_HEARTBEAT_TIMEOUT_SECS to wait longer")
         return None
 
-    def _teardown(self, reason: str) -> None:
-        """Stops every node and the server, cancels the cluster's Spark jobs. Bounded."""
-        nodes = self._server.nodes()
-        self._server.post({"type": "stop", "reason": reason})
-        self._server.wait(lambda: all(n.exited for n in nodes.values()), timeout=15)
-        self._server.abort(reason)
+    def _handle_failure(self, failure: TFOSError) -> None:
+        if self.restarts < self.config.max_restarts:
+            self.restarts += 1
+            log.warning("%s\nrestarting every tfos node (restart %d of %d)", failure, self.restarts,
+                        self.config.max_restarts)
+            try:
+                self._stop_nodes(f"restarting after a failure: {str(failure).splitlines()[0]}")
+                self._new_generation()
+                self._start()
+                return
+            except TFOSError as exc:
+                restart_error = TFOSError(f"restart {self.restarts} of {self.config.max_restarts} failed: {exc}\n"
+                                          f"--- the failure that caused it ---\n{failure}")
+                restart_error.__cause__ = exc
+                failure = restart_error
+        log.error("tfos cluster failed, stopping every node: %s", failure)
+        self._failure = failure
+        self._server.wake()
+        self.sc.cancelJobGroup(f"{self.job_group}-feed")
+        self._teardown(f"stopped after a failure: {str(failure).splitlines()[0]}")
+
+    def _stop_nodes(self, reason: str) -> None:
+        """Stops this generation's nodes and control server and ends its node job. Bounded."""
+        server = self._server
+        nodes = server.nodes()
+        server.post({"type": "stop", "reason": reason})
+        server.wait(lambda: all(n.exited for n in nodes.values()), timeout=15)
+        server.abort(reason)
         if self._node_job is not None:
             self._node_job.join(timeout=5)
             if self._node_job.is_alive():
                 self.sc.cancelJobGroup(self.job_group)
                 self._node_job.join(timeout=10)
-        self._server.stop()
-        if self._atexit is not None:
-            atexit.unregister(self._atexit)
-            self._atexit = None
+        server.stop()
+
+    def _teardown(self, reason: str) -> None:
+        """Stops every node and the server, cancels the cluster's Spark jobs. Bounded, idempotent."""
         with self._lock:
-            if self.state != ClusterState.FAILED:
-                self.state = ClusterState.STOPPED
+            if self._monitor_stop.is_set() and self.state in (ClusterState.STOPPED, ClusterState.FAILED):
+                return
+            self._monitor_stop.set()
+            self._stop_nodes(reason)
+            if self._atexit is not None:
+                atexit.unregister(self._atexit)
+                self._atexit = None
+            self.state = ClusterState.FAILED if self._failure is not None else ClusterState.STOPPED
+        if self._monitor is not None and self._monitor is not threading.current_thread():
+            self._monitor.join(timeout=5)
+
+
+def _finished(server: ControlServer, executor_ids: list[int]) -> bool:
+    nodes = server.nodes()
+    return all(nodes.get(e) is not None and nodes[e].state == FINISHED for e in executor_ids)
+
+
+def _failed_node(server: ControlServer) -> NodeStatus | None:
+    for _, node in sorted(server.nodes().items()):
+        if node.state == FAILED and node.error is not None:
+            return node
+    return None
+
+
+def _node_error(node: NodeStatus) -> TFOSError:
+    info, err = node.info, node.error or {}
+    if node.lost:
+        return _node_failed(node, err.get("message", "died"))
+    return NodeError(
+        f"main_fun failed on {_role(node)} (host {info['host']}, executor_id {info['executor_id']}): "
+        f"{err['message']}\n--- remote traceback ---\n{err['traceback']}",
+        job_name=info["job_name"], task_index=info["task_index"], host=info["host"],
+        executor_id=info["executor_id"], remote_traceback=err["traceback"])
+
+
+def _node_failed(node: NodeStatus, what: str) -> NodeFailedError:
+    info = node.info
+    tail = "\n".join(node.log_tail) or "(no output received from the node)"
+    return NodeFailedError(
+        f"node {_role(node)} (host {info['host']}, executor_id {info['executor_id']}, pid {info['pid']}) {what}\n"
+        f"--- last lines of its log ---\n{tail}",
+        job_name=info["job_name"], task_index=info["task_index"], host=info["host"],
+        executor_id=info["executor_id"], log_tail=tail)
 
 
 def _as_rdd(data: Any) -> tuple[Any, bool]:
@@ -456,12 +584,27 @@ def _spark_job_thread(sc: SparkContext, group: str, description: str, target: Ca
     return thread
 
 
+def _exit_on_sigterm() -> None:
+    """Makes SIGTERM exit the interpreter normally, so the atexit teardown stops the nodes.
+
+    Only when nobody else handles SIGTERM, and only from the main thread (a Python rule).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_system_exit)
+
+
+def _raise_system_exit(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _register_atexit(cluster: Cluster) -> Callable[[], None]:
     ref = weakref.ref(cluster)
 
     def stop_at_exit() -> None:
         live = ref()
-        if live is not None and live.state == ClusterState.RUNNING:
+        if live is not None and live.state in (ClusterState.RUNNING, ClusterState.STOPPING):
             log.warning("interpreter exiting: shutting down the tfos cluster")
             live._teardown("driver exiting")
 

@@ -8,6 +8,7 @@ guarded by one condition variable; the Cluster reads it through the methods belo
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -28,7 +29,11 @@ _STATES = (RUNNING, FINISHED, FAILED)
 #: Fields a node registers; all become public in cluster_info.
 _REGISTER_FIELDS = {"executor_id": int, "job_name": str, "task_index": int, "host": str, "port": int,
                     "hostname": str, "workdir": str, "pid": int}
-_OPTIONAL_PORTS = ("tb_port", "feed_port")
+_OPTIONAL_PORTS = ("tb_port", "feed_port", "executor_pid")
+#: Lines of each node's output the driver keeps for error messages.
+LOG_TAIL_LINES = 30
+_MAX_LOG_LINES, _MAX_LOG_LINE = 1000, 4000
+node_log = logging.getLogger("tfos.node")
 
 
 @dataclass
@@ -40,6 +45,13 @@ class NodeStatus:
     events: list[dict[str, Any]] = field(default_factory=list)
     last_seen: float = field(default_factory=time.monotonic)
     exited: bool = False
+    #: Set when the node process died or its executor was lost (not a main_fun exception).
+    lost: str | None = None
+    log_tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=LOG_TAIL_LINES))
+
+    @property
+    def role(self) -> str:
+        return f"{self.info['job_name']}:{self.info['task_index']}"
 
 
 class ControlServer:
@@ -62,7 +74,8 @@ class ControlServer:
     # ---- lifecycle -------------------------------------------------------------------
     def start(self, host: str) -> int:
         handlers = {"Register": self._register, "AwaitSpec": self._await_spec, "Poll": self._poll,
-                    "Report": self._report, "FeedError": self._feed_error, "Terminate": self._terminate}
+                    "Report": self._report, "FeedError": self._feed_error, "Terminate": self._terminate,
+                    "Log": self._log}
         # Every node holds one long-poll at a time; leave room for reports and feeders.
         workers = 2 * len(self.template) + 16
         self._server, self.port = serve(handlers, self._secret, host, C.port_range(C.SERVER_PORT), workers)
@@ -112,8 +125,10 @@ class ControlServer:
         return {"ok": True}
 
     def _await_spec(self, msg: dict[str, Any]) -> dict[str, Any]:
-        _field(msg, "executor_id", int)
+        eid = _field(msg, "executor_id", int)
         with self._cond:
+            if eid in self._nodes:
+                self._nodes[eid].last_seen = time.monotonic()
             self._cond.wait_for(self._ready_or_aborted, timeout=C.get_float(C.POLL_HOLD_SECS))
             if self._abort_reason:
                 return {"ready": False, "aborted": self._abort_reason}
@@ -160,6 +175,8 @@ class ControlServer:
             if state == FAILED and node.error is None:
                 node.error = {"message": str(msg.get("message", ""))[:4000],
                               "traceback": str(msg.get("traceback", ""))[-20000:]}
+                if msg.get("lost") is True:
+                    node.lost = node.error["message"]
             self._cond.notify_all()
         self._notify()
         return {"ok": True}
@@ -178,6 +195,18 @@ class ControlServer:
         with self._cond:
             self._terminated.add(_field(msg, "qname", str))
             self._cond.notify_all()
+        return {"ok": True}
+
+    def _log(self, msg: dict[str, Any]) -> dict[str, Any]:
+        node = self._node(msg)
+        lines = msg["lines"]
+        if not isinstance(lines, list) or len(lines) > _MAX_LOG_LINES or not all(isinstance(x, str) for x in lines):
+            raise ProtocolError(f"field 'lines' must be a list of at most {_MAX_LOG_LINES} strings")
+        role = node.role
+        for line in lines:
+            line = line[:_MAX_LOG_LINE]
+            node.log_tail.append(line)
+            node_log.info("[%s] %s", role, line)
         return {"ok": True}
 
     # ---- driver-side API ---------------------------------------------------------------
@@ -209,6 +238,26 @@ class ControlServer:
 
     def cluster_info(self) -> list[dict[str, Any]]:
         return [dict(self._nodes[eid].info) for eid in sorted(self._nodes)]
+
+    def touch(self) -> None:
+        """Counts every node as just heard from (heartbeats are judged from now on)."""
+        with self._cond:
+            now = time.monotonic()
+            for node in self._nodes.values():
+                node.last_seen = now
+
+    def silent_nodes(self, timeout: float) -> list[NodeStatus]:
+        """Nodes still running that have not polled for ``timeout`` seconds."""
+        now = time.monotonic()
+        with self._cond:
+            return [n for _, n in sorted(self._nodes.items()) if not n.exited and now - n.last_seen > timeout]
+
+    def give_up(self, node: NodeStatus, reason: str) -> None:
+        """Stops waiting for ``node``: it is lost and will never report again."""
+        with self._cond:
+            node.lost = reason
+            node.exited = True
+            self._cond.notify_all()
 
     def launch_errors(self) -> dict[int, dict[str, str]]:
         return dict(self._launch_errors)

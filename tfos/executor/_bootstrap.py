@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from tfos import _constants as C
 from tfos._rpc import ControlClient
 from tfos.config import InputMode
 from tfos.driver._template import Role, tf_config
@@ -55,6 +56,8 @@ class NodePayload:
     release_port: bool
     main: bytes
     fds: dict[str, int]
+    executor_pid: int | None
+    log_offset: int
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ class NodeLauncher:
         try:
             self._launch(client, executor_id)
         except Exception as exc:  # noqa: BLE001 - every failure goes to the driver
-            _report_failure(client, executor_id, exc)
+            _report_failure(client, executor_id, exc, lost=isinstance(exc, NodeKilledError))
         finally:
             client.close()
         return iter([executor_id])
@@ -99,17 +102,19 @@ class NodeLauncher:
         sockets = {"port": _bind_tcp()}
         chief_job = "chief" if any(j in ("chief", "master") for j, _ in self.template.values()) else "worker"
         if self.tensorboard and job_name in (chief_job, "master") and task_index == 0:
-            sockets["tb"] = _bind_tcp()
+            sockets["tb"] = _bind_tcp(ports=C.port_range(C.TENSORBOARD_PORT))
         feeds = self.input_mode == InputMode.SPARK and job_name in FEEDING_JOBS
         if feeds:
             sockets["feed_tcp"] = _bind_tcp(listen=True)
             sockets["feed_unix"] = _bind_unix(unix_socket_path(self.cluster_id, executor_id))
+        executor_pid = _executor_pid()
         registration = {
             "executor_id": executor_id, "job_name": job_name, "task_index": task_index, "host": host,
             "port": sockets["port"].getsockname()[1], "hostname": socket.gethostname(), "workdir": os.getcwd(),
             "pid": os.getpid(),
             "tb_port": sockets["tb"].getsockname()[1] if "tb" in sockets else None,
             "feed_port": sockets["feed_tcp"].getsockname()[1] if feeds else None,
+            "executor_pid": executor_pid,
         }
         reply = client.call("Register", registration)
         if not reply.get("ok"):
@@ -122,7 +127,8 @@ class NodeLauncher:
             executor_id=executor_id, job_name=job_name, task_index=task_index, cluster_spec=spec,
             cluster_info=info, default_fs=self.default_fs, input_mode=self.input_mode,
             tensorboard="tb" in sockets, log_dir=self.log_dir, release_port=self.release_port, main=self.main,
-            fds={name: s.fileno() for name, s in sockets.items()},
+            fds={name: s.fileno() for name, s in sockets.items()}, executor_pid=executor_pid,
+            log_offset=_size(log_path(job_name, task_index)),
         )
         proc = _start_node(payload, tf_config(spec, job_name, task_index))
         for s in sockets.values():
@@ -130,7 +136,7 @@ class NodeLauncher:
         if self.input_mode == InputMode.TENSORFLOW:
             code = proc.wait()
             if code < 0:
-                raise TFOSError(f"node process killed by signal {-code}\n{log_tail(job_name, task_index)}")
+                raise NodeKilledError(f"node process killed by signal {-code}\n{log_tail(job_name, task_index)}")
 
     def _await_spec(self, client: ControlClient, executor_id: int) -> tuple[dict[str, list[str]], list[dict]]:
         deadline = time.monotonic() + self.reservation_timeout
@@ -186,12 +192,40 @@ def _local_ip(server_host: str) -> str:
             return socket.gethostbyname(socket.gethostname())
 
 
-def _bind_tcp(listen: bool = False) -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("", 0))
-    if listen:
-        s.listen(64)
-    return s
+def _bind_tcp(listen: bool = False, ports: range = range(0, 1)) -> socket.socket:
+    """A TCP socket bound to the first free port of ``ports`` (0: any free port)."""
+    for port in ports:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(("", port))
+        except OSError:
+            s.close()
+            continue
+        if listen:
+            s.listen(64)
+        return s
+    raise TFOSError(f"no free port in {ports.start}-{ports.stop - 1} on {socket.gethostname()}; widen the range "
+                    "(TFOS_TENSORBOARD_PORT)")
+
+
+def _executor_pid() -> int | None:
+    """The pid of the Spark executor JVM running this task, which the node watches."""
+    import psutil
+
+    try:
+        for proc in psutil.Process().parents():
+            if "java" in proc.name().lower():
+                return proc.pid
+    except psutil.Error:
+        pass
+    return None
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _bind_unix(path: str) -> socket.socket:
@@ -214,6 +248,7 @@ def _start_node(payload: NodePayload, config: dict[str, Any]) -> subprocess.Pope
     # tf.keras multi-worker fit works with Keras 2 (tf-keras) only; see README.
     env.setdefault("TF_USE_LEGACY_KERAS", "1")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    env["PYTHONUNBUFFERED"] = "1"  # print() lines reach the log, and the driver, as they happen
     with open(log_path(payload.job_name, payload.task_index), "ab") as logfile:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tfos.executor._node"], stdin=subprocess.PIPE, stdout=logfile,
@@ -225,10 +260,14 @@ def _start_node(payload: NodePayload, config: dict[str, Any]) -> subprocess.Pope
     return proc
 
 
-def _report_failure(client: ControlClient, executor_id: int, exc: BaseException) -> None:
+class NodeKilledError(TFOSError):
+    """The node process died from a signal (killed, out of memory)."""
+
+
+def _report_failure(client: ControlClient, executor_id: int, exc: BaseException, lost: bool = False) -> None:
     try:
         # No node process runs after a launch failure: the node counts as exited.
-        client.call("Report", {"executor_id": executor_id, "state": "failed", "exited": True,
+        client.call("Report", {"executor_id": executor_id, "state": "failed", "exited": True, "lost": lost,
                                "message": f"{type(exc).__name__}: {exc}",
                                "traceback": "".join(traceback.format_exception(exc))})
     except TFOSError:

@@ -26,8 +26,9 @@ from tfos import _constants as C
 from tfos._paths import local_path
 from tfos._rpc import ControlClient
 from tfos.errors import TFOSError
-from tfos.executor._bootstrap import NodePayload, local_marker_path, unix_socket_path
+from tfos.executor._bootstrap import NodePayload, local_marker_path, log_path, unix_socket_path
 from tfos.executor._context import NodeContext
+from tfos.executor._logs import LogShipper
 
 log = logging.getLogger("tfos.node")
 
@@ -47,9 +48,15 @@ class Node:
         self.feeds: Any = None
         self._exit_lock = threading.Lock()
         self._main_running = False
+        self.logs = LogShipper(self.client, payload.executor_id, log_path(payload.job_name, payload.task_index),
+                               payload.log_offset)
 
     def run(self) -> None:
         p = self.p
+        self.logs.start()
+        if p.executor_pid:
+            threading.Thread(target=self._watch_executor, args=(p.executor_pid,), name="tfos-executor-watch",
+                             daemon=True).start()
         if "feed_unix" in self.sockets:
             from tfos.feed._hub import FeedHub
 
@@ -88,6 +95,21 @@ class Node:
                     traceback="".join(traceback.format_exception(exc)))
         self.exit(1)
 
+    def _watch_executor(self, pid: int) -> None:
+        """Ends the node when the Spark executor hosting it is gone (killed, lost, app stopped)."""
+        import psutil
+
+        try:
+            executor = psutil.Process(pid)
+            while executor.is_running() and executor.status() != psutil.STATUS_ZOMBIE:
+                time.sleep(0.5)
+        except psutil.Error:
+            pass
+        log.error("the Spark executor (pid %d) hosting %s is gone; the node exits", pid, self.name)
+        self.report("failed", message=f"the Spark executor (pid {pid}) hosting {self.name} exited: executor lost",
+                    traceback="", lost=True)
+        self.exit(1)
+
     def report(self, state: str, **fields: Any) -> None:
         message = {"executor_id": self.p.executor_id, "state": state, "stats": self.stats(), **fields}
         try:
@@ -115,11 +137,12 @@ class Node:
                     self.tensorboard.wait(5)
                 except subprocess.TimeoutExpired:
                     self.tensorboard.kill()
-            self.report("exited")
             log.info("%s exits with code %d", self.name, code)
             logging.shutdown()
             sys.stdout.flush()
             sys.stderr.flush()
+            self.logs.flush()
+            self.report("exited")
             os._exit(code)
 
     def _poll_loop(self) -> None:
