@@ -41,6 +41,7 @@ class ClusterConfig:
     reservation_timeout: float = 600.0
     release_port: bool = True
     max_restarts: int = 0
+    num_gpus: int = 0
 
     def __post_init__(self) -> None:
         if not callable(self.main_fun):
@@ -50,6 +51,7 @@ class ClusterConfig:
         _check_int("num_executors", self.num_executors, minimum=1)
         _check_int("num_ps", self.num_ps, minimum=0)
         _check_int("max_restarts", self.max_restarts, minimum=0)
+        _check_int("num_gpus", self.num_gpus, minimum=0)
         if self.master_node not in (None, *_MASTER_NODES):
             raise TFOSConfigError(f"master_node must be 'chief', 'master' or None; got {self.master_node!r}")
         try:

@@ -197,8 +197,8 @@ def test_node_exception_while_fed_fails_train_promptly(sc, no_leftovers):
         cluster.train(data, num_epochs=20, feed_timeout=300)
     assert time.monotonic() - started < 60
     assert "in fail_while_fed" in info.value.remote_traceback
-    with pytest.raises(tfos.NodeError):
-        cluster.shutdown()
+    assert cluster.state == tfos.ClusterState.FAILED
+    cluster.shutdown()  # idempotent: the failure was raised once, by train()
 
 
 def test_train_on_tensorflow_mode_cluster_is_refused(sc, no_leftovers):

@@ -73,6 +73,7 @@ def test_killed_node_fails_training_within_ten_seconds(sc, no_leftovers):
     cluster = tfos.run(sc, consume_forever, None, 2, input_mode=tfos.InputMode.SPARK)
     thread, outcome = train_in_background(cluster, rdd)
     wait_for(lambda: sum(cluster.consumed_rows().values()) > 0, 60, "rows to be consumed")
+    wait_for(lambda: "worker:0 is consuming" in cluster.log_tail("worker:0"), 30, "the node's output")
     pid = node_pid("worker:0")
     os.kill(pid, signal.SIGKILL)
     killed_at = time.monotonic()
@@ -97,6 +98,7 @@ def test_frozen_node_is_declared_failed_and_the_rest_is_torn_down(sc, monkeypatc
     cluster = tfos.run(sc, idle_until_stopped, None, 2)
     pid = wait_for(lambda: node_pid("worker:0"), 30, "the worker node")
     chief = wait_for(lambda: node_pid("chief:0"), 30, "the chief node")
+    wait_for(lambda: "worker:0 up" in cluster.log_tail("worker:0"), 30, "the node's output")
     os.kill(pid, signal.SIGSTOP)
     try:
         stopped_at = time.monotonic()
@@ -204,8 +206,8 @@ def test_driver_killed_by_a_signal_stops_every_node(signum, tmp_path):
                               env=env, text=True)
     try:
         assert wait_for(lambda: driver.stdout.readline().strip() == "READY", 120, "the driver's cluster")
-        nodes = wait_for(lambda: [p for p in node_processes() if p.pid not in before] or None, 30, "nodes")
-        assert len(nodes) == 2
+        new_nodes = lambda: [p for p in node_processes() if p.pid not in before]  # noqa: E731
+        nodes = wait_for(lambda: len(new_nodes()) == 2 and new_nodes(), 30, "both nodes")
         driver.send_signal(signum)
         driver.wait(timeout=60)
         # The nodes are stopped by the driver itself, long before their 300 s orphan timeout.
@@ -214,3 +216,19 @@ def test_driver_killed_by_a_signal_stops_every_node(signum, tmp_path):
     finally:
         if driver.poll() is None:
             driver.kill()
+
+
+def test_lost_executor_fails_the_cluster_and_spark_recovers(sc, no_leftovers):
+    from tfos.driver._cluster import _live_executors
+
+    cluster = tfos.run(sc, idle_until_stopped, None, 2)
+    wait_for(lambda: "worker:0 up" in cluster.log_tail("worker:0"), 30, "the node's output")
+    worker = next(n for n in cluster.cluster_info if n["job_name"] == "worker")
+    os.kill(worker["executor_pid"], signal.SIGKILL)
+    killed_at = time.monotonic()
+    with pytest.raises(tfos.NodeFailedError, match=r"worker:0 .*executor lost") as info:
+        cluster.shutdown(timeout=60)
+    assert time.monotonic() - killed_at < 10
+    assert info.value.host == worker["host"]
+    # The standalone master replaces the executor; later tests get their two executors back.
+    wait_for(lambda: _live_executors(sc) == 2, 120, "Spark to replace the lost executor")

@@ -43,6 +43,7 @@ def test_submit_adds_tfos_settings_unless_given():
     joined = " ".join(cmd)
     assert "spark.dynamicAllocation.enabled=false" in joined
     assert "spark.task.cpus=2" in joined
+    assert "spark.locality.wait=0" in joined
     assert f"spark.pyspark.python={sys.executable}" not in joined
 
 

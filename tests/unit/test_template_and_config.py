@@ -44,6 +44,7 @@ def test_tf_config_leaves_evaluator_out_of_the_training_cluster():
     ({"input_mode": 7}, "input_mode must be"),
     ({"reservation_timeout": 0}, "reservation_timeout must be a positive"),
     ({"max_restarts": -1}, "max_restarts must be an integer >= 0"),
+    ({"num_gpus": -1}, "num_gpus must be an integer >= 0"),
     ({"max_restarts": 1, "input_mode": 1}, "max_restarts needs input_mode=InputMode.TENSORFLOW"),
 ])
 def test_config_rejects_bad_arguments(kwargs, message):

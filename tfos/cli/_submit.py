@@ -32,7 +32,10 @@ def submit_command(args: list[str]) -> list[str]:
     given |= {opt.split("=", 1)[1].split("=", 1)[0] for opt in options if opt.startswith("--conf=")}
     added: list[str] = []
     defaults = {"spark.dynamicAllocation.enabled": "false", "spark.pyspark.python": sys.executable,
-                "spark.pyspark.driver.python": sys.executable, "spark.ui.showConsoleProgress": "false"}
+                "spark.pyspark.driver.python": sys.executable, "spark.ui.showConsoleProgress": "false",
+                # Feeding tasks wait while a node's buffer is full; delay scheduling would hold the
+                # remaining partitions for that busy executor while the other nodes starve.
+                "spark.locality.wait": "0"}
     if "--executor-cores" in options:
         defaults["spark.task.cpus"] = options[options.index("--executor-cores") + 1]
     for key, value in defaults.items():

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from tfos import _constants as C
 from tfos.config import ClusterConfig, InputMode
-from tfos.driver._server import FAILED, FINISHED, ControlServer, NodeStatus
+from tfos.driver._server import FAILED, FINISHED, SERVING, ControlServer, NodeStatus
 from tfos.driver._template import cluster_template
 from tfos.errors import (
     AuthError,
@@ -61,7 +61,7 @@ class ClusterState(enum.Enum):
 def run(sc: SparkContext, main_fun: Callable[[Any, Any], Any], tf_args: Any, num_executors: int, num_ps: int = 0,
         tensorboard: bool = False, input_mode: InputMode = InputMode.TENSORFLOW, log_dir: str | None = None,
         master_node: str | None = "chief", eval_node: bool = False, reservation_timeout: float = 600,
-        release_port: bool = True, max_restarts: int = 0) -> Cluster:
+        release_port: bool = True, max_restarts: int = 0, num_gpus: int = 0) -> Cluster:
     """Starts a TensorFlow cluster with one node per Spark executor.
 
     Args:
@@ -82,6 +82,9 @@ def run(sc: SparkContext, main_fun: Callable[[Any, Any], Any], tf_args: Any, num
         max_restarts: how many times to restart every node after a node fails
             (InputMode.TENSORFLOW). main_fun runs again from the start, so it should
             resume from its checkpoints (Keras ``BackupAndRestore``, ``tf.train.CheckpointManager``).
+        num_gpus: GPUs per node (not ps) when Spark does not schedule GPUs: tfos picks free
+            ones with nvidia-smi and locks them per host. With Spark GPU scheduling each
+            node uses exactly the GPUs Spark assigned to its task, whatever this says.
 
     Returns:
         The running Cluster; also a context manager that shuts it down on exit.
@@ -94,7 +97,7 @@ def run(sc: SparkContext, main_fun: Callable[[Any, Any], Any], tf_args: Any, num
     config = ClusterConfig(main_fun=main_fun, num_executors=num_executors, num_ps=num_ps, tensorboard=tensorboard,
                            input_mode=input_mode, log_dir=log_dir, master_node=master_node, eval_node=eval_node,
                            reservation_timeout=reservation_timeout, release_port=release_port,
-                           max_restarts=max_restarts)
+                           max_restarts=max_restarts, num_gpus=num_gpus)
     cluster = Cluster(sc, config, tf_args)
     _exit_on_sigterm()
     cluster._start()
@@ -119,6 +122,7 @@ class Cluster:
         self._failure_raised = False
         self._monitor: threading.Thread | None = None
         self._monitor_stop = threading.Event()
+        self._torn_down = False
         self._feed_epochs: dict[str, int] = {}
         self._schemas: dict[str, dict[str, Any]] = {}
         self._lock = threading.RLock()
@@ -209,6 +213,13 @@ class Cluster:
                 counts[_role(node)] = int(node.stats.get("consumed", {}).get(qname, 0))
         return counts
 
+    def log_tail(self, role: str) -> list[str]:
+        """The last lines a node printed (stdout and stderr), e.g. ``cluster.log_tail("worker:0")``."""
+        for node in self._server.nodes().values():
+            if _role(node) == role:
+                return list(node.log_tail)
+        raise TFOSConfigError(f"no node {role!r}; nodes: {sorted(_role(n) for n in self._server.nodes().values())}")
+
     def shutdown(self, grace_secs: float = 0, timeout: float = 259200) -> None:
         """Stops the cluster: waits for chief and workers, then stops every node.
 
@@ -229,6 +240,7 @@ class Cluster:
         """
         with self._lock:
             if self.state in (ClusterState.STOPPED, ClusterState.FAILED):
+                self._teardown("cluster shut down")  # returns once a teardown under way has finished
                 self._raise_failure_once()
                 return
             self.state = ClusterState.STOPPING
@@ -240,7 +252,7 @@ class Cluster:
                 self._server.post({"type": "feed_close"}, workers)
             if not self._await_workers(workers, started + timeout):
                 running = [_role(n) for n in self._server.nodes().values() if n.info["executor_id"] in workers
-                           and n.state != FINISHED]
+                           and n.state not in (FINISHED, SERVING)]
                 error = TFOSError(f"{', '.join(running)} still running {timeout}s after shutdown() began; "
                                   "stopped them. Raise shutdown(timeout=...) if training needs longer.")
             elif grace_secs and self._failure is None:
@@ -376,6 +388,7 @@ class Cluster:
             template=self.template, input_mode=int(config.input_mode), tensorboard=config.tensorboard,
             log_dir=config.log_dir, release_port=config.release_port,
             reservation_timeout=float(config.reservation_timeout), default_fs=_default_fs(sc), main=self._main,
+            num_gpus=config.num_gpus,
         )
         self._node_job = _spark_job_thread(sc, self.job_group, "tfos nodes", self._run_nodes, launcher)
         started = time.monotonic()
@@ -474,7 +487,9 @@ class Cluster:
                 restart_error.__cause__ = exc
                 failure = restart_error
         log.error("tfos cluster failed, stopping every node: %s", failure)
-        self._failure = failure
+        with self._lock:
+            self._failure = failure
+            self.state = ClusterState.FAILED
         self._server.wake()
         self.sc.cancelJobGroup(f"{self.job_group}-feed")
         self._teardown(f"stopped after a failure: {str(failure).splitlines()[0]}")
@@ -496,8 +511,9 @@ class Cluster:
     def _teardown(self, reason: str) -> None:
         """Stops every node and the server, cancels the cluster's Spark jobs. Bounded, idempotent."""
         with self._lock:
-            if self._monitor_stop.is_set() and self.state in (ClusterState.STOPPED, ClusterState.FAILED):
+            if self._torn_down:
                 return
+            self._torn_down = True
             self._monitor_stop.set()
             self._stop_nodes(reason)
             if self._atexit is not None:
@@ -510,7 +526,7 @@ class Cluster:
 
 def _finished(server: ControlServer, executor_ids: list[int]) -> bool:
     nodes = server.nodes()
-    return all(nodes.get(e) is not None and nodes[e].state == FINISHED for e in executor_ids)
+    return all(nodes.get(e) is not None and nodes[e].state in (FINISHED, SERVING) for e in executor_ids)
 
 
 def _failed_node(server: ControlServer) -> NodeStatus | None:

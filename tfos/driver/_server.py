@@ -24,8 +24,8 @@ from tfos.errors import ProtocolError
 log = logging.getLogger(__name__)
 
 #: Node states reported by nodes, in lifecycle order.
-RUNNING, FINISHED, FAILED = "running", "finished", "failed"
-_STATES = (RUNNING, FINISHED, FAILED)
+RUNNING, SERVING, FINISHED, FAILED = "running", "serving", "finished", "failed"
+_STATES = (RUNNING, SERVING, FINISHED, FAILED)
 #: Fields a node registers; all become public in cluster_info.
 _REGISTER_FIELDS = {"executor_id": int, "job_name": str, "task_index": int, "host": str, "port": int,
                     "hostname": str, "workdir": str, "pid": int}
@@ -168,7 +168,7 @@ class ControlServer:
             node.last_seen = time.monotonic()
             if state == "exited" or msg.get("exited") is True:
                 node.exited = True
-            elif node.state != FAILED:
+            if state != "exited" and node.state != FAILED:
                 node.state = state
             if isinstance(msg.get("stats"), dict):
                 node.stats = msg["stats"]

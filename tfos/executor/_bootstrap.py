@@ -75,6 +75,7 @@ class NodeLauncher:
     reservation_timeout: float
     default_fs: str
     main: bytes
+    num_gpus: int = 0
 
     def __call__(self, partition: Iterator[Any]) -> Iterator[int]:
         from pyspark import TaskContext
@@ -130,13 +131,31 @@ class NodeLauncher:
             fds={name: s.fileno() for name, s in sockets.items()}, executor_pid=executor_pid,
             log_offset=_size(log_path(job_name, task_index)),
         )
-        proc = _start_node(payload, tf_config(spec, job_name, task_index))
+        devices, claim = self._choose_gpus(job_name)
+        try:
+            proc = _start_node(payload, tf_config(spec, job_name, task_index), devices,
+                               claim.fds() if claim is not None else [])
+        finally:
+            if claim is not None:
+                claim.release()  # the node process holds the GPU locks from here on
         for s in sockets.values():
             s.close()
         if self.input_mode == InputMode.TENSORFLOW:
             code = proc.wait()
             if code < 0:
                 raise NodeKilledError(f"node process killed by signal {-code}\n{log_tail(job_name, task_index)}")
+
+    def _choose_gpus(self, job_name: str) -> tuple[str | None, Any]:
+        """(CUDA_VISIBLE_DEVICES for the node or None to leave it alone, the GpuClaim holding locks)."""
+        from tfos.executor._gpus import claim_free_gpus, spark_assigned_gpus
+
+        assigned = spark_assigned_gpus()
+        if assigned is not None:
+            return ",".join(assigned), None
+        if self.num_gpus and job_name != "ps":
+            claim = claim_free_gpus(self.num_gpus)
+            return claim.visible_devices, claim
+        return None, None
 
     def _await_spec(self, client: ControlClient, executor_id: int) -> tuple[dict[str, list[str]], list[dict]]:
         deadline = time.monotonic() + self.reservation_timeout
@@ -240,8 +259,11 @@ def _bind_unix(path: str) -> socket.socket:
     return s
 
 
-def _start_node(payload: NodePayload, config: dict[str, Any]) -> subprocess.Popen:
+def _start_node(payload: NodePayload, config: dict[str, Any], cuda_devices: str | None,
+                keep_fds: list[int]) -> subprocess.Popen:
     env = dict(os.environ)
+    if cuda_devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = cuda_devices
     env["TF_CONFIG"] = json.dumps(config)
     # The node imports the user's modules from the same places as this Python worker.
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
@@ -252,7 +274,8 @@ def _start_node(payload: NodePayload, config: dict[str, Any]) -> subprocess.Pope
     with open(log_path(payload.job_name, payload.task_index), "ab") as logfile:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tfos.executor._node"], stdin=subprocess.PIPE, stdout=logfile,
-            stderr=subprocess.STDOUT, env=env, pass_fds=tuple(payload.fds.values()), start_new_session=True,
+            stderr=subprocess.STDOUT, env=env, pass_fds=(*payload.fds.values(), *keep_fds),
+            start_new_session=True,
         )
     assert proc.stdin is not None
     with proc.stdin:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from tfos._paths import absolute_path
@@ -25,7 +27,8 @@ class NodeContext:
 
     def __init__(self, *, executor_id: int, job_name: str, task_index: int, cluster_spec: dict[str, list[str]],
                  cluster_info: list[dict[str, Any]], default_fs: str, working_dir: str,
-                 port_socket: socket.socket | None = None, feeds: Any = None) -> None:
+                 port_socket: socket.socket | None = None, feeds: Any = None,
+                 on_serving: Callable[[], None] | None = None) -> None:
         self.executor_id = executor_id
         self.worker_num = executor_id
         self.job_name = job_name
@@ -37,6 +40,7 @@ class NodeContext:
         self.working_dir = working_dir
         self._port_socket = port_socket
         self._feeds = feeds
+        self._on_serving = on_serving
 
     def absolute_path(self, path: str) -> str:
         """Resolves ``path`` against ``default_fs`` (relative paths: working dir or HDFS home)."""
@@ -51,6 +55,23 @@ class NodeContext:
         if self._port_socket is not None:
             self._port_socket.close()
             self._port_socket = None
+
+    def serve(self) -> None:
+        """Runs this node's TensorFlow server until the cluster shuts down; never returns.
+
+        For nodes that only serve, e.g. the workers and parameter servers of a
+        ``ParameterServerStrategy`` cluster, whose chief coordinates the training:
+        ``shutdown()`` waits for the chief and treats serving workers as done.
+        """
+        import tensorflow as tf
+
+        self.release_port()
+        resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+        tf.distribute.Server(resolver.cluster_spec(), job_name=self.job_name, task_index=self.task_index,
+                             protocol="grpc", start=True)
+        if self._on_serving is not None:
+            self._on_serving()
+        threading.Event().wait()  # the node process exits when the driver stops the cluster
 
     def get_data_feed(self, train_mode: bool = True, qname_in: str = "input", qname_out: str = "output",
                       input_mapping: dict[str, str] | list[str] | None = None) -> Any:

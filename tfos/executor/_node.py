@@ -64,7 +64,8 @@ class Node:
             self.feeds.start()
         ctx = NodeContext(executor_id=p.executor_id, job_name=p.job_name, task_index=p.task_index,
                           cluster_spec=p.cluster_spec, cluster_info=p.cluster_info, default_fs=p.default_fs,
-                          working_dir=os.getcwd(), port_socket=self.sockets.pop("port"), feeds=self.feeds)
+                          working_dir=os.getcwd(), port_socket=self.sockets.pop("port"), feeds=self.feeds,
+                          on_serving=lambda: self.report("serving"))
         if "tb" in self.sockets:
             self._start_tensorboard(ctx)
         threading.Thread(target=self._poll_loop, name="tfos-poll", daemon=True).start()

@@ -1,0 +1,99 @@
+"""Spark-fed training and inference on scikit-learn's digits (driver script, InputMode.SPARK).
+
+The driver turns the digits into an RDD of (features, label) rows and streams it into
+two MultiWorkerMirroredStrategy nodes (``cluster.train``), which fit a Keras model from
+``DataFeed.as_dataset``; the chief exports a SavedModel. A second cluster loads that
+model on each node and answers ``cluster.inference`` on the test rows; the driver
+computes the accuracy from the returned RDD.
+
+    python scripts/train_digits_spark.py              # starts local-cluster[2,1,1024] itself
+    tfos submit --master local-cluster[2,1,1024] scripts/train_digits_spark.py --epochs 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import train_digits  # noqa: E402
+from train_digits import build_model, load_digits_split  # noqa: E402
+
+
+def train_fun(args, ctx):
+    """Chief and workers fit from the rows Spark feeds them; the chief exports the model."""
+    import tensorflow as tf
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    with strategy.scope():
+        model = build_model()
+    dataset = ctx.get_data_feed().as_dataset(args.batch_size)  # one pass = one epoch fed by train()
+    model.fit(dataset, epochs=args.epochs, verbose=2)
+    is_chief = ctx.job_name in ("chief", "master")
+    path = args.export_dir if is_chief else tempfile.mkdtemp(prefix="tfos-export-")
+    model.save(path, save_format="tf")
+    if not is_chief:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def infer_fun(args, ctx):
+    """Every node loads the model once and answers the rows fed to it, batch by batch."""
+    import numpy as np
+    import tensorflow as tf
+
+    model = tf.keras.models.load_model(args.export_dir)
+    feed = ctx.get_data_feed(train_mode=False)
+    while (batch := feed.next_batch_arrays(256)) is not None:
+        features = batch[0]
+        feed.batch_results(np.argmax(model.predict_on_batch(features), axis=1))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cluster_size", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--batch_size", type=int, default=32, help="per-worker batch size")
+    parser.add_argument("--export_dir", default=os.path.join(tempfile.gettempdir(), "tfos-digits-spark-model"))
+    parser.add_argument("--master", default=None, help="Spark master when not run by spark-submit")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> float:
+    from pyspark import SparkConf, SparkContext, cloudpickle
+
+    import tfos
+
+    cloudpickle.register_pickle_by_value(train_digits)
+    args = parse_args(argv)
+    conf = SparkConf().setAppName("tfos-digits-spark")
+    if args.master or not conf.contains("spark.master"):
+        conf.setMaster(args.master or f"local-cluster[{args.cluster_size},1,1024]")
+        conf.setIfMissing("spark.driver.host", "127.0.0.1").setIfMissing("spark.driver.bindAddress", "127.0.0.1")
+    conf.setIfMissing("spark.ui.enabled", "false").setIfMissing("spark.locality.wait", "0")
+    sc = SparkContext.getOrCreate(conf)
+    sc.setLogLevel("ERROR")
+    (x_train, y_train), (x_test, y_test) = load_digits_split()
+    train_rdd = sc.parallelize(list(zip(x_train, y_train.tolist())), 4)
+    test_rdd = sc.parallelize([(x,) for x in x_test], 4)
+    try:
+        with tfos.run(sc, train_fun, args, args.cluster_size, input_mode=tfos.InputMode.SPARK,
+                      reservation_timeout=120) as cluster:
+            cluster.train(train_rdd, num_epochs=args.epochs)
+        with tfos.run(sc, infer_fun, args, args.cluster_size, input_mode=tfos.InputMode.SPARK,
+                      reservation_timeout=120) as cluster:
+            predictions = cluster.inference(test_rdd).collect()  # one per row, in order
+        accuracy = sum(int(p) == int(y) for p, y in zip(predictions, y_test)) / len(y_test)
+        print(f"test accuracy: {accuracy:.4f}", flush=True)
+        return accuracy
+    finally:
+        sc.stop()
+
+
+if __name__ == "__main__":
+    main()
