@@ -59,9 +59,13 @@ def main_fun(args, ctx):
         model = build_model()
     steps = len(x_train) // (args.batch_size * ctx.num_workers)
     model.fit(dataset, epochs=args.epochs, steps_per_epoch=steps, verbose=2)
-    # Every worker must take part in saving; only the chief's copy is kept.
+    export(model, ctx, args.export_dir)
+
+
+def export(model, ctx, export_dir: str) -> None:
+    """Saves a MultiWorkerMirroredStrategy model: every worker must take part; the chief's copy is kept."""
     is_chief = ctx.job_name in ("chief", "master")
-    path = args.export_dir if is_chief else tempfile.mkdtemp(prefix="tfos-export-")
+    path = export_dir if is_chief else tempfile.mkdtemp(prefix="tfos-export-")
     model.save(path, save_format="tf")
     if not is_chief:
         shutil.rmtree(path, ignore_errors=True)
@@ -88,19 +92,25 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> float:
+def spark_context(app_name: str, master: str | None, default_master: str):
+    """The SparkContext of spark-submit, or one on ``master`` (default: a local cluster) when run with python."""
     from pyspark import SparkConf, SparkContext
 
+    conf = SparkConf().setAppName(app_name)
+    if master or not conf.contains("spark.master"):
+        conf.setMaster(master or default_master)
+        conf.setIfMissing("spark.driver.host", "127.0.0.1").setIfMissing("spark.driver.bindAddress", "127.0.0.1")
+    conf.setIfMissing("spark.ui.enabled", "false").setIfMissing("spark.locality.wait", "0")
+    sc = SparkContext.getOrCreate(conf)
+    sc.setLogLevel("ERROR")
+    return sc
+
+
+def main(argv=None) -> float:
     import tfos
 
     args = parse_args(argv)
-    conf = SparkConf().setAppName("tfos-digits")
-    if args.master or not conf.contains("spark.master"):
-        conf.setMaster(args.master or f"local-cluster[{args.cluster_size},1,1024]")
-        conf.setIfMissing("spark.driver.host", "127.0.0.1").setIfMissing("spark.driver.bindAddress", "127.0.0.1")
-    conf.setIfMissing("spark.ui.enabled", "false")
-    sc = SparkContext.getOrCreate(conf)
-    sc.setLogLevel("ERROR")
+    sc = spark_context("tfos-digits", args.master, f"local-cluster[{args.cluster_size},1,1024]")
     try:
         with tfos.run(sc, main_fun, args, num_executors=args.cluster_size, reservation_timeout=120):
             pass  # the with-block waits for the chief and workers to finish training

@@ -22,7 +22,7 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import train_digits  # noqa: E402
-from train_digits import build_model, evaluate, load_digits_split  # noqa: E402
+from train_digits import build_model, evaluate, load_digits_split, spark_context  # noqa: E402
 
 
 def main_fun(args, ctx):
@@ -58,19 +58,13 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> float:
-    from pyspark import SparkConf, SparkContext, cloudpickle
+    from pyspark import cloudpickle
 
     import tfos
 
     cloudpickle.register_pickle_by_value(train_digits)  # executors need not find scripts/
     args = parse_args(argv)
-    conf = SparkConf().setAppName("tfos-digits-ps")
-    if args.master or not conf.contains("spark.master"):
-        conf.setMaster(args.master or "local-cluster[4,1,1024]")
-        conf.setIfMissing("spark.driver.host", "127.0.0.1").setIfMissing("spark.driver.bindAddress", "127.0.0.1")
-    conf.setIfMissing("spark.ui.enabled", "false")
-    sc = SparkContext.getOrCreate(conf)
-    sc.setLogLevel("ERROR")
+    sc = spark_context("tfos-digits-ps", args.master, "local-cluster[4,1,1024]")
     try:
         # 4 nodes: ps:0, chief:0, worker:0, worker:1; the with-block waits for the chief.
         with tfos.run(sc, main_fun, args, num_executors=4, num_ps=1, reservation_timeout=180):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import tempfile
 
@@ -23,7 +22,7 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import train_digits  # noqa: E402
-from train_digits import build_model, load_digits_split  # noqa: E402
+from train_digits import build_model, export, load_digits_split, spark_context  # noqa: E402
 
 
 def train_fun(args, ctx):
@@ -35,11 +34,7 @@ def train_fun(args, ctx):
         model = build_model()
     dataset = ctx.get_data_feed().as_dataset(args.batch_size)  # one pass = one epoch fed by train()
     model.fit(dataset, epochs=args.epochs, verbose=2)
-    is_chief = ctx.job_name in ("chief", "master")
-    path = args.export_dir if is_chief else tempfile.mkdtemp(prefix="tfos-export-")
-    model.save(path, save_format="tf")
-    if not is_chief:
-        shutil.rmtree(path, ignore_errors=True)
+    export(model, ctx, args.export_dir)
 
 
 def infer_fun(args, ctx):
@@ -65,19 +60,13 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> float:
-    from pyspark import SparkConf, SparkContext, cloudpickle
+    from pyspark import cloudpickle
 
     import tfos
 
-    cloudpickle.register_pickle_by_value(train_digits)
+    cloudpickle.register_pickle_by_value(train_digits)  # executors need not find scripts/
     args = parse_args(argv)
-    conf = SparkConf().setAppName("tfos-digits-spark")
-    if args.master or not conf.contains("spark.master"):
-        conf.setMaster(args.master or f"local-cluster[{args.cluster_size},1,1024]")
-        conf.setIfMissing("spark.driver.host", "127.0.0.1").setIfMissing("spark.driver.bindAddress", "127.0.0.1")
-    conf.setIfMissing("spark.ui.enabled", "false").setIfMissing("spark.locality.wait", "0")
-    sc = SparkContext.getOrCreate(conf)
-    sc.setLogLevel("ERROR")
+    sc = spark_context("tfos-digits-spark", args.master, f"local-cluster[{args.cluster_size},1,1024]")
     (x_train, y_train), (x_test, y_test) = load_digits_split()
     train_rdd = sc.parallelize(list(zip(x_train, y_train.tolist())), 4)
     test_rdd = sc.parallelize([(x,) for x in x_test], 4)
