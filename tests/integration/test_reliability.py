@@ -119,9 +119,10 @@ def print_lines(args, ctx):
 
 
 def test_node_output_reaches_the_driver_log_with_its_role(sc, caplog, no_leftovers):
-    caplog.set_level(logging.INFO, logger="tfos.node")
-    with tfos.run(sc, print_lines, None, 2):
-        pass
+    caplog.set_level(logging.DEBUG, logger="tfos")
+    with tfos.run(sc, print_lines, None, 2) as cluster:
+        secret = cluster._secret
+    assert not [r for r in caplog.records if secret in r.getMessage()], "the cluster secret reached a log"
     lines = [r.getMessage() for r in caplog.records if r.name == "tfos.node"]
     for role in ("chief:0", "worker:0"):
         assert [m for m in lines if m.startswith(f"[{role}] line ")] == [f"[{role}] line {i} from {role}"
