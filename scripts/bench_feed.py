@@ -66,7 +66,9 @@ def fit(args, ctx):
     with strategy.scope():
         model = build_model()
     if args["source"] == "spark":
-        dataset = ctx.get_data_feed().as_dataset(BATCH)
+        # A Python-fed batch is a global batch under MWMS (see DataFeed.as_dataset): this gives
+        # each worker BATCH rows a step, as the in-memory pipeline below does.
+        dataset = ctx.get_data_feed().as_dataset(BATCH * ctx.num_workers)
     else:
         rng = np.random.default_rng(ctx.task_index)
         n = args["rows"] // ctx.num_workers

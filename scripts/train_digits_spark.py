@@ -32,7 +32,8 @@ def train_fun(args, ctx):
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
         model = build_model()
-    dataset = ctx.get_data_feed().as_dataset(args.batch_size)  # one pass = one epoch fed by train()
+    # One pass = one epoch fed by train(); under MWMS a batch is split across the workers.
+    dataset = ctx.get_data_feed().as_dataset(args.batch_size * ctx.num_workers)
     model.fit(dataset, epochs=args.epochs, verbose=2)
     export(model, ctx, args.export_dir)
 

@@ -88,6 +88,11 @@ class DataFeed:
         Auto-sharding is off: the feed already gives each worker its own rows, and
         workers whose epoch has fewer rows than others' finish together under
         tf.distribute's partial-batch handling, so synchronous training does not hang.
+
+        Under MultiWorkerMirroredStrategy, Keras cannot see the batch size of a dataset
+        fed from Python and splits every batch across all replicas in sync, as for a
+        global batch: pass ``batch_size=per_worker_batch * ctx.num_workers`` to give each
+        worker ``per_worker_batch`` rows a step.
         """
         import tensorflow as tf
 
