@@ -52,11 +52,12 @@ def sc():
 
 
 def node_processes() -> list[psutil.Process]:
-    """tfos node processes and TensorBoards alive on this machine."""
+    """tfos node processes and TensorBoards of this checkout (this Python) alive on this machine."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if NODE_MARK in cmdline or "tensorboard.main" in cmdline:
+        argv = proc.info["cmdline"] or []
+        cmdline = " ".join(argv)
+        if argv and argv[0] == sys.executable and (NODE_MARK in cmdline or "tensorboard.main" in cmdline):
             found.append(proc)
     return found
 
