@@ -203,8 +203,9 @@ def test_driver_killed_by_a_signal_stops_every_node(signum, tmp_path):
     script.write_text(DRIVER)
     env = dict(os.environ, PYTHONPATH=ROOT, TFOS_ORPHAN_TIMEOUT_SECS="300")
     before = {p.pid for p in node_processes()}
+    # local[2] runs the nodes in the driver's working directory, where they write their logs.
     driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              env=env, text=True)
+                              env=env, text=True, cwd=tmp_path)
     try:
         assert wait_for(lambda: driver.stdout.readline().strip() == "READY", 120, "the driver's cluster")
         new_nodes = lambda: [p for p in node_processes() if p.pid not in before]  # noqa: E731
