@@ -28,14 +28,20 @@ def pack(rows: Sequence[Any], partition: int, offset: int, multi: bool,
     ``expected`` (column specs from earlier chunks) pins dtype kind and row shape.
     """
     if multi:
-        width = len(rows[0])
+        width = len(rows[0]) if is_multi_field(rows[0]) else -1
         # set(map(...)) checks every row in C; the Python loop runs only to name a bad row
         if not all(issubclass(t, (tuple, list)) for t in set(map(type, rows))) or set(map(len, rows)) != {width}:
             for i, row in enumerate(rows):
-                if not is_multi_field(row) or len(row) != width:
-                    got = len(row) if is_multi_field(row) else f"a {type(row).__name__}"
-                    raise FeedDataError(f"partition {partition} row {offset + i}: has {got} fields, the batch has "
-                                        f"{width}", partition=partition, row=offset + i)
+                if not is_multi_field(row):
+                    raise FeedDataError(f"partition {partition} row {offset + i}: is a {type(row).__name__}, not a "
+                                        "tuple or list of fields like the rows before it", partition=partition,
+                                        row=offset + i)
+                if len(row) != width:
+                    raise FeedDataError(f"partition {partition} row {offset + i}: has {len(row)} fields, the batch "
+                                        f"has {width}", partition=partition, row=offset + i)
+        if expected is not None and width != len(expected):
+            raise FeedDataError(f"partition {partition} row {offset}: has {width} fields, earlier rows have "
+                                f"{len(expected)}", partition=partition, row=offset)
         fields: Sequence[Sequence[Any]] = list(zip(*rows))
     else:
         fields = [rows]

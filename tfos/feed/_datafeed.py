@@ -57,7 +57,7 @@ class DataFeed:
         row; a tuple or list of arrays of equal length is taken as several output columns.
         """
         columns = _result_columns(results)
-        self._queue.answer(columns, len(columns[0]))
+        self._queue.answer(columns, len(columns[0]), self.qname_out)
 
     def terminate(self) -> None:
         """Stops the feed early: buffered and further rows of this queue are dropped.

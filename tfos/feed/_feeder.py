@@ -260,6 +260,17 @@ def _arrow_column(column: Any, name: str, partition: int, offset: int) -> np.nda
     return column.to_numpy(zero_copy_only=False)
 
 
+def vectors_as_arrays(df: Any) -> Any:
+    """``df`` with its Spark ML vector columns turned into float64 arrays, which Arrow carries."""
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.ml.linalg import VectorUDT
+
+    vectors = {f.name for f in df.schema.fields if isinstance(f.dataType, VectorUDT)}
+    if not vectors:
+        return df
+    return df.select([vector_to_array(df[c]).alias(c) if c in vectors else df[c] for c in df.columns])
+
+
 def dataframe_to_arrow_rdd(df: Any) -> Any:
     """An RDD of Arrow IPC streams, one per Arrow batch of ``df``: no per-row Python work."""
 
@@ -272,6 +283,6 @@ def dataframe_to_arrow_rdd(df: Any) -> Any:
                 writer.write_batch(batch)
             yield pa.RecordBatch.from_pydict({"ipc": [sink.getvalue().to_pybytes()]})
 
-    return df.mapInArrow(to_ipc, "ipc binary").rdd.map(lambda row: row[0])
+    return vectors_as_arrays(df).mapInArrow(to_ipc, "ipc binary").rdd.map(lambda row: row[0])
 
 

@@ -42,7 +42,7 @@ class FeedConnection:
     done: threading.Event = field(default_factory=threading.Event)
     send_lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def send_results(self, columns: list[np.ndarray], count: int) -> None:
+    def send_results(self, columns: list[np.ndarray], count: int, qname_out: str = "output") -> None:
         with self.send_lock:
             send_frame(self.sock, {"op": "results", "rows": count}, columns)
             self.answered += count
@@ -142,7 +142,10 @@ class FeedQueue:
                     got += stop - head.pos
                     head.pos = stop
                     if head.conn.inference:
-                        self.pending.append([head.conn, stop - pieces[-1][1]])
+                        if self.pending and self.pending[-1][0] is head.conn:
+                            self.pending[-1][1] += stop - pieces[-1][1]
+                        else:
+                            self.pending.append([head.conn, stop - pieces[-1][1]])
                     if head.pos == head.nrows:
                         self.chunks.popleft()
                         self.bytes -= head.nbytes
@@ -161,8 +164,12 @@ class FeedQueue:
             self.consumed += got
             return pieces, None
 
-    def answer(self, results: list[np.ndarray], count: int) -> None:
-        """Routes ``count`` result rows back to the connections their inputs came from."""
+    def answer(self, results: list[np.ndarray], count: int, qname_out: str = "output") -> None:
+        """Routes ``count`` result rows back to the connections their inputs came from.
+
+        ``qname_out`` only matters to hand-fed queues (``tfos.compat.TFManager``): a
+        feeding task's results go back over its own socket.
+        """
         start = 0
         while start < count:
             with self.cond:
@@ -174,7 +181,7 @@ class FeedQueue:
                 entry[1] -= take
                 if entry[1] == 0:
                     self.pending.popleft()
-            entry[0].send_results([r[start:start + take] for r in results], take)
+            entry[0].send_results([r[start:start + take] for r in results], take, qname_out)
             start += take
 
 
