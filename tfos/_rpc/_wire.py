@@ -22,7 +22,8 @@ from tfos.errors import AuthError, ProtocolError, TFOSError
 log = logging.getLogger(__name__)
 
 SERVICE = "tfos.Control"
-METHODS = ("Register", "AwaitSpec", "Poll", "Report", "FeedError", "Terminate", "Log")
+METHODS = ("Register", "AwaitSpec", "Poll", "Report", "FeedError", "Terminate", "Log",
+           "Reserve", "Reservations", "RequestStop")  # the last three: tfos.compat.reservation
 SECRET_KEY = "tfos-secret"
 MAX_MESSAGE_BYTES = 4 << 20
 _OPTIONS = [

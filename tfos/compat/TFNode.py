@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from tfos.compat.TFManager import TFManager
 from tfos.errors import TFOSConfigError
 from tfos.executor._context import NodeContext
 from tfos.feed._datafeed import DataFeed as _NativeDataFeed
@@ -39,16 +40,6 @@ def hdfs_path(ctx: Any, path: str) -> str:
     return f"{ctx.defaultFS}/{path}"
 
 
-@dataclass(frozen=True)
-class FeedManager:
-    """What TensorFlowOnSpark's ``ctx.mgr`` was for a DataFeed: the node's feed queues."""
-
-    hub: Any
-
-    def get_queue(self, qname: str) -> Any:
-        return self.hub.queue(qname)
-
-
 class TFNodeContext:
     """TensorFlowOnSpark's node context: the native :class:`tfos.NodeContext` plus TFoS's names."""
 
@@ -57,7 +48,7 @@ class TFNodeContext:
         from tfos.compat.TFParallel import _strip_root
 
         self.defaultFS = _strip_root(ctx.default_fs)  # noqa: N815 - TensorFlowOnSpark's name and form
-        self.mgr = FeedManager(ctx._feeds) if ctx._feeds is not None else None
+        self.mgr = TFManager(ctx._feeds) if ctx._feeds is not None else None
         self.tmp_socket = ctx._port_socket
 
     def __getattr__(self, name: str) -> Any:
@@ -84,7 +75,7 @@ class with_tfnode_context:  # noqa: N801 - used like a function
 class DataFeed(_NativeDataFeed):
     """TensorFlowOnSpark's ``DataFeed(mgr, ...)``: the native DataFeed, built from ``ctx.mgr``."""
 
-    def __init__(self, mgr: FeedManager | None, train_mode: bool = True, qname_in: str = "input",
+    def __init__(self, mgr: TFManager | None, train_mode: bool = True, qname_in: str = "input",
                  qname_out: str = "output", input_mapping: dict[str, str] | None = None) -> None:
         if mgr is None:
             raise TFOSConfigError("DataFeed needs ctx.mgr, which only chief and worker nodes of a cluster started "
@@ -99,17 +90,17 @@ class DataFeed(_NativeDataFeed):
         return self.should_stop()
 
 
-def next_batch(mgr: FeedManager, batch_size: int, qname: str = "input") -> list[Any]:
+def next_batch(mgr: TFManager, batch_size: int, qname: str = "input") -> list[Any]:
     """TensorFlowOnSpark's module-level ``next_batch``: up to ``batch_size`` rows of queue ``qname``."""
     return DataFeed(mgr, qname_in=qname).next_batch(batch_size)
 
 
-def batch_results(mgr: FeedManager, results: Any, qname: str = "output") -> None:
+def batch_results(mgr: TFManager, results: Any, qname: str = "output") -> None:
     """TensorFlowOnSpark's module-level ``batch_results`` for the default input queue."""
     DataFeed(mgr, train_mode=False, qname_out=qname).batch_results(results)
 
 
-def terminate(mgr: FeedManager, qname: str = "input") -> None:
+def terminate(mgr: TFManager, qname: str = "input") -> None:
     """TensorFlowOnSpark's module-level ``terminate``: stops feeding queue ``qname``."""
     DataFeed(mgr, qname_in=qname).terminate()
 

@@ -1,0 +1,233 @@
+"""TensorFlowOnSpark's ``reservation`` module (driver server, executor clients).
+
+Nodes ``register`` a dict of metadata with a ``Server`` on the driver and wait until
+``count`` have done so, as in TFoS, but over tfos's control plane: JSON over gRPC
+with a per-server secret on every call, never pickle from a socket. The address that
+``Server.start()`` returns carries the secret, so TFoS code that pickles it into its
+Spark closures and builds ``Client(addr)`` on the executors works unchanged.
+``TFOS_SERVER_HOST`` and ``TFOS_SERVER_PORT`` (a port or a range like ``9000-9100``)
+choose the address, as in TFoS.
+
+Metadata travels as JSON: strings, numbers, booleans, None, lists, dicts with string
+keys, and bytes (kept as bytes). Tuples come back as lists.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import secrets
+import socket
+import threading
+import time
+from typing import Any
+
+from tfos import _constants as C
+from tfos._rpc import ControlClient, serve
+from tfos.errors import AuthError, ProtocolError, ReservationTimeoutError, TFOSConfigError, TFOSError
+
+__all__ = ["Client", "Reservations", "Server", "ServerAddress"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds the server holds a client's ``await_reservations`` call before it asks again.
+_HOLD_SECS = 2.0
+_BYTES = "__bytes_b64__"
+
+
+class Reservations:
+    """Thread-safe store of node reservations; ``done()`` once ``required`` have arrived."""
+
+    def __init__(self, required: int) -> None:
+        self.required = required
+        self.lock = threading.RLock()
+        self.reservations: list[dict[str, Any]] = []
+
+    def add(self, meta: dict[str, Any]) -> None:
+        with self.lock:
+            self.reservations.append(meta)
+
+    def done(self) -> bool:
+        with self.lock:
+            return len(self.reservations) >= self.required
+
+    def get(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return list(self.reservations)
+
+    def remaining(self) -> int:
+        with self.lock:
+            return self.required - len(self.reservations)
+
+
+class ServerAddress(tuple):
+    """``(host, port)`` of a reservation server, carrying its secret to the clients."""
+
+    secret: str
+
+    def __new__(cls, host: str, port: int, secret: str) -> ServerAddress:
+        address = super().__new__(cls, (host, port))
+        address.secret = secret
+        return address
+
+    def __getnewargs__(self) -> tuple[str, int, str]:
+        return self[0], self[1], self.secret
+
+    def __repr__(self) -> str:  # the secret stays out of logs
+        return f"ServerAddress({self[0]!r}, {self[1]})"
+
+
+class Server:
+    """Collects ``count`` reservations from the executors (driver side)."""
+
+    def __init__(self, count: int) -> None:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise TFOSConfigError(f"count must be an integer >= 1; got {count!r}")
+        self.reservations = Reservations(count)
+        self.done = False
+        self._secret = secrets.token_hex(16)
+        self._cond = threading.Condition()
+        self._server: Any = None
+
+    def start(self) -> ServerAddress:
+        """Starts serving; returns the address (with its secret) to hand to ``Client``."""
+        override = C.get_str(C.SERVER_HOST)
+        host = override or socket.gethostbyname(socket.gethostname())
+        handlers = {"Reserve": self._reserve, "Reservations": self._list, "RequestStop": self._request_stop}
+        workers = 2 * self.reservations.required + 8
+        self._server, port = serve(handlers, self._secret, override or "0.0.0.0", C.port_range(C.SERVER_PORT),
+                                   workers)
+        log.info("reservation server listening on %s:%d for %d nodes", host, port, self.reservations.required)
+        return ServerAddress(host, port, self._secret)
+
+    def await_reservations(self, sc: Any = None, status: dict[str, Any] | None = None,
+                           timeout: float = 600) -> list[dict[str, Any]]:
+        """Waits until every node registered; returns their metadata in arrival order.
+
+        Raises:
+            TFOSError: ``status`` got an ``'error'`` entry (e.g. the Spark job hosting the nodes failed).
+            ReservationTimeoutError: fewer than ``count`` nodes registered within ``timeout`` seconds.
+        """
+        status = status if status is not None else {}
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self.reservations.done():
+                if "error" in status:
+                    raise TFOSError(f"reservation failed: {status['error']}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    required, remaining = self.reservations.required, self.reservations.remaining()
+                    raise ReservationTimeoutError(
+                        f"only {required - remaining} of {required} nodes registered within timeout={timeout}s; "
+                        "check that the Spark application has enough executors, or raise the timeout",
+                        registered=required - remaining, expected=required)
+                self._cond.wait(min(1.0, left))
+        return self.reservations.get()
+
+    def stop(self) -> None:
+        """Stops serving; idempotent."""
+        with self._cond:
+            self.done = True
+            self._cond.notify_all()
+        if self._server is not None:
+            self._server.stop(grace=0.5).wait(2)
+            self._server = None
+
+    # ---- RPC handlers --------------------------------------------------------------------
+    def _reserve(self, msg: dict[str, Any]) -> dict[str, Any]:
+        meta = msg["meta"]
+        if not isinstance(meta, dict):
+            raise ProtocolError("field 'meta' must be an object")
+        with self._cond:
+            self.reservations.add(_decode(meta))
+            self._cond.notify_all()
+        return {"ok": True}
+
+    def _list(self, msg: dict[str, Any]) -> dict[str, Any]:
+        wait = msg.get("wait", 0)
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)):
+            raise ProtocolError("field 'wait' must be a number")
+        with self._cond:
+            self._cond.wait_for(lambda: self.reservations.done() or self.done, timeout=min(max(wait, 0), _HOLD_SECS))
+            return {"done": self.reservations.done(), "stopped": self.done,
+                    "reservations": [_encode(m) for m in self.reservations.get()]}
+
+    def _request_stop(self, msg: dict[str, Any]) -> dict[str, Any]:
+        with self._cond:
+            self.done = True
+            self._cond.notify_all()
+        return {"ok": True}
+
+
+class Client:
+    """Registers a node with a reservation :class:`Server` (executor side)."""
+
+    def __init__(self, server_addr: Any, secret: str | None = None) -> None:
+        secret = secret or getattr(server_addr, "secret", None)
+        if not secret:
+            raise AuthError("this reservation server address carries no secret: pass the address returned by "
+                            "Server.start() (it carries the secret), or Client(addr, secret=...)")
+        host, port = server_addr
+        self.server_addr = (host, port)
+        self._client = ControlClient(f"{host}:{port}", secret)
+
+    def register(self, reservation: dict[str, Any]) -> str:
+        """Adds this node's metadata (a dict of JSON-able values and bytes)."""
+        if not isinstance(reservation, dict):
+            raise TFOSConfigError(f"a reservation must be a dict; got {type(reservation).__name__}")
+        try:
+            self._client.call("Reserve", {"meta": _encode(reservation)})
+        except TypeError as exc:
+            raise TFOSConfigError(f"reservation values must be JSON-serializable or bytes: {exc}") from None
+        return "OK"
+
+    def get_reservations(self) -> list[dict[str, Any]]:
+        """The reservations so far."""
+        return [_decode(m) for m in self._client.call("Reservations", {})["reservations"]]
+
+    def await_reservations(self, timeout: float = 600) -> list[dict[str, Any]]:
+        """Waits until every node registered; returns their metadata.
+
+        Raises ReservationTimeoutError after ``timeout`` seconds, TFOSError if the server
+        was stopped first.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self._client.call("Reservations", {"wait": _HOLD_SECS}, timeout=_HOLD_SECS + 30)
+            if reply["done"]:
+                return [_decode(m) for m in reply["reservations"]]
+            if reply["stopped"]:
+                raise TFOSError("the reservation server was stopped before every node registered")
+            if time.monotonic() > deadline:
+                raise ReservationTimeoutError(f"reservations incomplete after {timeout}s "
+                                              f"({len(reply['reservations'])} registered)")
+
+    def request_stop(self) -> None:
+        """Asks the server to stop waiting (``Server.done`` turns true)."""
+        self._client.call("RequestStop", {})
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return {_BYTES: base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, dict):
+        return {str(k): _encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {_BYTES} and isinstance(value[_BYTES], str):
+            try:
+                return base64.b64decode(value[_BYTES], validate=True)
+            except ValueError:
+                raise ProtocolError("malformed bytes value in a reservation") from None
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
