@@ -106,6 +106,20 @@ def spark_context(app_name: str, master: str | None, default_master: str):
     return sc
 
 
+def run_example(run, args, app_name: str):
+    """Runs an example's ``run(sc, args)`` on the spark-submit context or a local cluster, then stops Spark."""
+    import sys
+
+    from pyspark import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # executors need not find scripts/
+    sc = spark_context(app_name, args.master, f"local-cluster[{args.cluster_size},1,1024]")
+    try:
+        return run(sc, args)
+    finally:
+        sc.stop()
+
+
 def main(argv=None) -> float:
     import tfos
 

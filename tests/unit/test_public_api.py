@@ -34,3 +34,38 @@ def test_error_tree():
     assert issubclass(errors.TFOSConfigError, ValueError)
     assert issubclass(errors.ReservationTimeoutError, TimeoutError)
     assert issubclass(errors.FeedTimeoutError, TimeoutError)
+
+
+TFOS_NAMES = {  # TensorFlowOnSpark 2.2.5's public names, module by module
+    "TFCluster": ["InputMode", "TFCluster", "run"],
+    "TFNode": ["DataFeed", "batch_results", "hdfs_path", "next_batch", "release_port", "terminate"],
+    "TFManager": ["TFManager", "connect", "start"],
+    "TFParallel": ["run"],
+    "reservation": ["Client", "Reservations", "Server"],
+    "pipeline": ["Namespace", "TFEstimator", "TFModel", "TFParams"],
+    "dfutil": ["fromTFExample", "infer_schema", "isLoadedDF", "loadTFRecords", "saveAsTFRecords", "toTFExample"],
+    "compat": ["disable_auto_shard", "export_saved_model", "is_gpu_available"],
+}
+
+
+def test_compat_has_every_tensorflowonspark_module_and_name():
+    import importlib
+
+    for module, names in TFOS_NAMES.items():
+        mod = importlib.import_module(f"tfos.compat.{module}")
+        assert [n for n in names if not hasattr(mod, n)] == [], module
+
+
+def test_compat_estimator_and_model_have_tensorflowonspark_setters():
+    from tfos.compat.pipeline import TFEstimator, TFModel
+
+    for suffix in ("BatchSize", "ClusterSize", "Epochs", "ExportDir", "GraceSecs", "InputMapping", "InputMode",
+                   "MasterNode", "ModelDir", "NumPS", "DriverPSNodes", "Protocol", "Readers", "Steps", "Tensorboard",
+                   "TFRecordDir"):
+        assert callable(getattr(TFEstimator, f"set{suffix}")) and callable(getattr(TFEstimator, f"get{suffix}"))
+    for suffix in ("BatchSize", "ExportDir", "InputMapping", "ModelDir", "OutputMapping", "SignatureDefKey", "TagSet"):
+        assert callable(getattr(TFModel, f"set{suffix}")) and callable(getattr(TFModel, f"get{suffix}"))
+    model = TFModel({"lr": 0.1}).setBatchSize(7).setOutputMapping({"y": "prediction"})
+    args = model.merge_args_params()
+    assert (args.lr, args.batch_size, args.output_mapping, args.signature_def_key) == \
+        (0.1, 7, {"y": "prediction"}, "serving_default")
