@@ -77,3 +77,38 @@ def test_parallel_barrier_run_needs_enough_slots(sc):
 
     with pytest.raises(ValueError, match="needs 3 task slots at once but the Spark application has 2"):
         TFParallel.run(sc, record_run, {}, 3)
+
+
+def feed_by_hand(args, ctx):
+    """TFoS code that drives a DataFeed itself: a manager, a producer thread, a consumer."""
+    import threading
+
+    from tfos.compat import TFManager
+
+    mgr = TFManager.start(b"authkey", ["input", "output"])
+    queue = mgr.get_queue("input")
+
+    def produce():
+        for i in range(args["rows"]):
+            queue.put((ctx.worker_num, i))
+        queue.put(None)
+
+    threading.Thread(target=produce, daemon=True).start()
+    feed = TFNode.DataFeed(mgr, train_mode=False)
+    total = 0
+    while not feed.should_stop():
+        batch = feed.next_batch(100)
+        if batch:
+            total += sum(int(i) for _, i in batch)
+            feed.batch_results([int(i) for _, i in batch])
+    results = [mgr.get_queue("output").get(timeout=10) for _ in range(args["rows"])]
+    with open(os.path.join(args["out"], f"manual-{ctx.worker_num}.json"), "w") as f:
+        json.dump({"total": total, "results_in_order": results == list(range(args["rows"]))}, f)
+
+
+def test_tfmanager_feeds_a_datafeed_by_hand_inside_spark_tasks(sc, tmp_path):
+    from tfos.compat import TFParallel
+
+    TFParallel.run(sc, feed_by_hand, {"rows": 5000, "out": str(tmp_path)}, 2)
+    runs = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("manual-*.json"))]
+    assert runs == [{"total": sum(range(5000)), "results_in_order": True}] * 2
