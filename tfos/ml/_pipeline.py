@@ -186,7 +186,8 @@ class TFEstimator(Estimator, TFParams, MLReadable, MLWritable):
         sc = dataset.sparkSession.sparkContext
         cluster = run(sc, self._main(), tf_args, self.getOrDefault(self.cluster_size),
                       num_ps=self.getOrDefault(self.num_ps), tensorboard=self.getOrDefault(self.tensorboard),
-                      input_mode=mode, log_dir=self.getOrDefault(self.model_dir), master_node=self.getOrDefault(self.master_node) or None)
+                      input_mode=mode, log_dir=self.getOrDefault(self.model_dir),
+                      master_node=self.getOrDefault(self.master_node) or None)
         with cluster:
             if mode == InputMode.SPARK:
                 cluster.train(data, num_epochs=self.getOrDefault(self.epochs))
@@ -260,8 +261,9 @@ class TFModel(Model, TFParams, MLReadable, MLWritable):
             raise TFOSConfigError("set export_dir to the SavedModel to run (setExportDir)")
         runner = _SavedModelRunner(
             export_dir=export_dir if "://" in export_dir else os.path.abspath(export_dir),
-            tags=self.getOrDefault(self.tag_set), signature=self.getOrDefault(self.signature_def_key), inputs=sorted(inputs.items()),
-            outputs=sorted(outputs.items()), batch_size=self.getOrDefault(self.batch_size))
+            tags=self.getOrDefault(self.tag_set), signature=self.getOrDefault(self.signature_def_key),
+            inputs=sorted(inputs.items()), outputs=sorted(outputs.items()),
+            batch_size=self.getOrDefault(self.batch_size))
         data = vectors_as_arrays(dataset.select(sorted(inputs)))
         sc = dataset.sparkSession.sparkContext
         # The SavedModel is read on an executor (it may live where the driver cannot see it).
