@@ -19,6 +19,7 @@ import numpy as np
 from tfos import _constants as C
 from tfos.errors import FeedDataError, TFOSConfigError
 from tfos.feed._columns import is_multi_field, pack
+from tfos.feed._feeder import result_rows
 from tfos.feed._hub import Chunk, FeedQueue
 from tfos.feed._protocol import column_spec
 
@@ -62,8 +63,7 @@ class LocalConnection:
 
     def send_results(self, columns: list[np.ndarray], count: int, qname_out: str = "output") -> None:
         out = self.manager.get_queue(qname_out)
-        values = [c.tolist() if c.ndim == 1 else list(c) for c in columns]
-        for row in (values[0] if len(values) == 1 else zip(*values)):
+        for row in result_rows(columns):
             out.results.put(row)
 
 

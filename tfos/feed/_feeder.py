@@ -151,7 +151,7 @@ class Feeder:
             if header["op"] == "terminated":
                 raise TFOSError(f"node {consumer.role} terminated queue {self.qname!r} during inference; "
                                 f"partition {partition} got only some of its results")
-            yield from _result_rows(frame[1])
+            yield from result_rows(frame[1])
         sender.join()
 
     # ---- shared ------------------------------------------------------------------------------
@@ -208,7 +208,8 @@ def _expect(frame: tuple[dict[str, Any], list[np.ndarray]] | None, consumer: Con
     return header
 
 
-def _result_rows(columns: list[np.ndarray]) -> Iterator[Any]:
+def result_rows(columns: list[np.ndarray]) -> Iterator[Any]:
+    """Inference results as rows: values for one column, tuples for several."""
     values = [c.tolist() if c.ndim == 1 else list(c) for c in columns]
     if len(values) == 1:
         return iter(values[0])

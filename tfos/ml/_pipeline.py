@@ -174,10 +174,7 @@ class TFEstimator(Estimator, TFParams, MLReadable, MLWritable):
         mapping = self.getOrDefault(self.input_mapping)
         if not mapping:
             raise TFOSConfigError("set the input mapping first, e.g. setInputMapping({'features': 'x', 'label': 'y'})")
-        missing = sorted(set(mapping) - set(dataset.columns))
-        if missing:
-            raise TFOSConfigError(f"input_mapping names columns {missing} that the DataFrame lacks "
-                                  f"(it has {dataset.columns})")
+        _require_columns(dataset, mapping)
         mode = InputMode(self.getOrDefault(self.input_mode))
         data = dataset.select(sorted(mapping))
         if mode == InputMode.TENSORFLOW:
@@ -248,19 +245,17 @@ class TFModel(Model, TFParams, MLReadable, MLWritable):
         from pyspark.sql.types import StructType
 
         from tfos.feed._feeder import vectors_as_arrays
+        from tfos.ml._tfrecord import qualified
 
         inputs, outputs = self.getOrDefault(self.input_mapping), self.getOrDefault(self.output_mapping)
         if not inputs or not outputs:
             raise TFOSConfigError("set input_mapping ({column: input}) and output_mapping ({output: column}) first")
-        missing = sorted(set(inputs) - set(dataset.columns))
-        if missing:
-            raise TFOSConfigError(f"input_mapping names columns {missing} that the DataFrame lacks "
-                                  f"(it has {dataset.columns})")
+        _require_columns(dataset, inputs)
         export_dir = self.getOrDefault(self.export_dir)
         if not export_dir:
             raise TFOSConfigError("set export_dir to the SavedModel to run (setExportDir)")
         runner = _SavedModelRunner(
-            export_dir=export_dir if "://" in export_dir else os.path.abspath(export_dir),
+            export_dir=qualified(export_dir),
             tags=self.getOrDefault(self.tag_set), signature=self.getOrDefault(self.signature_def_key),
             inputs=sorted(inputs.items()), outputs=sorted(outputs.items()),
             batch_size=self.getOrDefault(self.batch_size))
@@ -281,6 +276,13 @@ class TFModel(Model, TFParams, MLReadable, MLWritable):
     @classmethod
     def _restore(cls, state: dict[str, Any]) -> TFModel:
         return cls(state["args"])
+
+
+def _require_columns(dataset: Any, mapping: dict[str, str]) -> None:
+    missing = sorted(set(mapping) - set(dataset.columns))
+    if missing:
+        raise TFOSConfigError(f"input_mapping names columns {missing} that the DataFrame lacks "
+                              f"(it has {dataset.columns})")
 
 
 #: SavedModel signatures loaded by this Python worker: (export_dir, tags, signature) -> signature function.
@@ -328,11 +330,10 @@ class _SavedModelRunner:
                                       f"{sorted(output_specs)}")
         return input_specs, output_specs
 
-    def schema(self) -> Any:
+    def schema(self, output_specs: dict[str, Any]) -> Any:
         """The Spark schema of the output columns, from the signature's output specs."""
         from pyspark.sql.types import ArrayType, BooleanType, DoubleType, LongType, StringType, StructField, StructType
 
-        _, output_specs = self._specs()
         fields = []
         for name, column in self.outputs:
             spec = output_specs[name]
@@ -350,21 +351,24 @@ class _SavedModelRunner:
         return StructType(fields)
 
     def schema_json(self, _: Iterator[Any]) -> Iterator[str]:
-        yield self.schema().json()
+        yield self.schema(self._specs()[1]).json()
 
     def __call__(self, batches: Iterator[Any]) -> Iterator[Any]:
         import pyarrow as pa
         import tensorflow as tf
+        from pyspark import TaskContext
         from pyspark.sql.pandas.types import to_arrow_schema
 
         from tfos.feed._feeder import _arrow_column
 
         function = self._function()
-        input_specs, _ = self._specs()
-        arrow_schema = to_arrow_schema(self.schema())
+        input_specs, output_specs = self._specs()
+        arrow_schema = to_arrow_schema(self.schema(output_specs))
+        partition = TaskContext.get().partitionId()
         offset = 0
         for batch in batches:
-            arrays = {name: _arrow_column(batch.column(column), column, -1, offset) for column, name in self.inputs}
+            arrays = {name: _arrow_column(batch.column(column), column, partition, offset)
+                      for column, name in self.inputs}
             for start in range(0, batch.num_rows, self.batch_size):
                 feeds = {}
                 for name, values in arrays.items():

@@ -53,7 +53,7 @@ def save_tfrecords(df: Any, output_dir: str, overwrite: bool = False) -> int:
         raise TFOSConfigError(f"columns {', '.join(unsupported)} cannot be stored in tf.train.Example; supported "
                               f"types: {', '.join(SUPPORTED_DTYPES)}. Cast or drop them first.")
     sc = df.sparkSession.sparkContext
-    output_dir = _qualified(output_dir)
+    output_dir = qualified(output_dir)
     fs, path = _hadoop_fs(sc, output_dir)
     if fs.exists(path) and len(fs.listStatus(path)) > 0:
         if not overwrite:
@@ -84,7 +84,7 @@ def load_tfrecords(spark: Any, input_dir: str, binary_features: Iterable[str] = 
 
     session = spark if isinstance(spark, SparkSession) else SparkSession.builder.getOrCreate()
     sc = session.sparkContext
-    input_dir = _qualified(input_dir)
+    input_dir = qualified(input_dir)
     files = _list_files(sc, input_dir)
     if not files:
         raise TFOSConfigError(f"no TFRecord files found at {input_dir}")
@@ -241,7 +241,7 @@ class _PartitionReader:
                 yield tuple(values[name] for name in names)
 
 
-def _qualified(path: str) -> str:
+def qualified(path: str) -> str:
     """Relative local paths are made absolute here, on the driver: executors run elsewhere."""
     if "://" in path or os.path.isabs(path):
         return path.rstrip("/") or "/"
