@@ -179,6 +179,11 @@ def test_estimator_pipeline_fits_transforms_and_persists(sc, spark, tmp_path, no
     np.testing.assert_allclose(got, local, rtol=1e-5, atol=1e-5)  # the same model, run on the executors
     np.testing.assert_allclose(local, 2 * features[:, 0] - 3 * features[:, 1] + 1, atol=0.1)  # and it learned
 
+    holes = spark.createDataFrame([([1.0, 2.0],), (None,)], "f array<double>").coalesce(1)
+    with pytest.raises(Exception, match=r"partition 0 row 1: column 'f' is null"):
+        TFModel({}).setInputMapping({"f": "x"}).setOutputMapping({"y": "p"}).setExportDir(export_dir) \
+            .transform(holes).collect()
+
     fitted.write().overwrite().save(str(tmp_path / "pipeline"))
     again = PipelineModel.load(str(tmp_path / "pipeline"))
     reloaded = np.array([r.prediction[0] for r in again.transform(df).collect()])
@@ -189,6 +194,45 @@ def test_estimator_pipeline_fits_transforms_and_persists(sc, spark, tmp_path, no
     assert loaded.uid == estimator.uid and loaded.train_fn is not None
     assert (loaded.getClusterSize(), loaded.getEpochs(), loaded.getInputMapping(), loaded.args.note) == \
         (2, 30, {"features": "x", "label": "y_true"}, "kept")
+
+
+def count_tfrecords(args, ctx):
+    """InputMode.TENSORFLOW train_fn: reads the TFRecords fit() left in args.tfrecord_dir."""
+    import json
+
+    import tensorflow as tf
+
+    files = sorted(tf.io.gfile.glob(args.tfrecord_dir + "/part-*"))
+    records = [tf.train.Example.FromString(r) for f in files for r in tf.data.TFRecordDataset(f).as_numpy_iterator()]
+    with open(os.path.join(args.out, f"{ctx.job_name}-{ctx.task_index}.json"), "w") as f:
+        json.dump({"records": len(records), "features": sorted(records[0].features.feature)}, f)
+
+
+def mark_exported(args):
+    open(os.path.join(args.out, "exported"), "w").close()
+
+
+def test_tensorflow_mode_fit_writes_tfrecords_once_and_runs_export_fn(spark, tmp_path, no_leftovers):
+    import json
+
+    from tfos import InputMode
+    from tfos.ml import TFEstimator, load_tfrecords
+
+    records = str(tmp_path / "records")
+    df = spark.createDataFrame([(float(k), k % 3, f"note {k}") for k in range(30)], ["a", "label", "note"])
+    estimator = (TFEstimator(count_tfrecords, {"out": str(tmp_path)}, export_fn=mark_exported)
+                 .setInputMapping({"a": "x", "label": "y"}).setInputMode(InputMode.TENSORFLOW)
+                 .setTFRecordDir(records).setClusterSize(2).setGraceSecs(0))
+    estimator.fit(df)
+    seen = [json.loads((tmp_path / f"{role}.json").read_text()) for role in ("chief-0", "worker-0")]
+    assert seen == [{"records": 30, "features": ["a", "label"]}] * 2  # the mapped columns only
+    assert (tmp_path / "exported").exists()
+
+    parts = sorted((tmp_path / "records").glob("part-*"))
+    written = [p.stat().st_mtime_ns for p in parts]
+    estimator.fit(load_tfrecords(spark, records))  # read from tfrecord_dir: used as it is, not rewritten
+    assert [p.stat().st_mtime_ns for p in sorted((tmp_path / "records").glob("part-*"))] == written
+    assert json.loads((tmp_path / "chief-0.json").read_text())["records"] == 30
 
 
 def test_estimator_and_model_refuse_bad_settings_before_any_job(spark):

@@ -65,6 +65,8 @@ def test_compat_estimator_and_model_have_tensorflowonspark_setters():
         assert callable(getattr(TFEstimator, f"set{suffix}")) and callable(getattr(TFEstimator, f"get{suffix}"))
     for suffix in ("BatchSize", "ExportDir", "InputMapping", "ModelDir", "OutputMapping", "SignatureDefKey", "TagSet"):
         assert callable(getattr(TFModel, f"set{suffix}")) and callable(getattr(TFModel, f"get{suffix}"))
+    mode = TFEstimator(print, {}).setInputMode(tfos.InputMode.TENSORFLOW).getInputMode()
+    assert mode == 0 and type(mode) is int  # the enum is accepted and stored as TFoS's plain int
     model = TFModel({"lr": 0.1}).setBatchSize(7).setOutputMapping({"y": "prediction"})
     args = model.merge_args_params()
     assert (args.lr, args.batch_size, args.output_mapping, args.signature_def_key) == \

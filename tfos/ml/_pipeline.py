@@ -35,6 +35,14 @@ def _to_dict(value: Any) -> dict[str, str]:
     return dict(value)
 
 
+def _to_input_mode(value: Any) -> int:
+    """InputMode members and plain 0 / 1 (TensorFlowOnSpark's values) alike."""
+    try:
+        return int(InputMode(value))
+    except ValueError:
+        raise TypeError(f"expected InputMode.SPARK (1) or InputMode.TENSORFLOW (0), got {value!r}") from None
+
+
 def _param(name: str, doc: str, converter: Callable[[Any], Any]) -> Param:
     return Param(Params._dummy(), name, doc, typeConverter=converter)
 
@@ -137,7 +145,7 @@ class TFEstimator(Estimator, TFParams, MLReadable, MLWritable):
     driver_ps_nodes = _param("driver_ps_nodes", "run ps nodes on the driver (not supported)",
                              TypeConverters.toBoolean)
     input_mode = _param("input_mode", "InputMode.SPARK (1, feed the DataFrame) or TENSORFLOW (0, via tfrecord_dir)",
-                        TypeConverters.toInt)
+                        _to_input_mode)
     master_node = _param("master_node", "job name of the chief ('chief', 'master' or '' for none)",
                          TypeConverters.toString)
     protocol = _param("protocol", "TensorFlow server protocol", TypeConverters.toString)
@@ -178,7 +186,7 @@ class TFEstimator(Estimator, TFParams, MLReadable, MLWritable):
         mode = InputMode(self.getOrDefault(self.input_mode))
         data = dataset.select(sorted(mapping))
         if mode == InputMode.TENSORFLOW:
-            self._save_tfrecords(data)
+            self._save_tfrecords(dataset, data)
         tf_args = self._tf_args()
         sc = dataset.sparkSession.sparkContext
         cluster = run(sc, self._main(), tf_args, self.getOrDefault(self.cluster_size),
@@ -197,14 +205,15 @@ class TFEstimator(Estimator, TFParams, MLReadable, MLWritable):
     def _model_class(self) -> type[TFModel]:
         return TFModel
 
-    def _save_tfrecords(self, data: Any) -> None:
-        from tfos.ml._tfrecord import loaded_from, save_tfrecords
+    def _save_tfrecords(self, dataset: Any, data: Any) -> None:
+        """Writes the mapped columns to tfrecord_dir, unless ``dataset`` was read from there."""
+        from tfos.ml._tfrecord import loaded_from, qualified, save_tfrecords
 
         target = self.getOrDefault(self.tfrecord_dir)
         if not target:
             raise TFOSConfigError("input_mode=InputMode.TENSORFLOW needs tfrecord_dir: the DataFrame is saved there "
                                   "as TFRecords for train_fn to read")
-        if loaded_from(data) == target:
+        if loaded_from(dataset) == qualified(target):
             return
         save_tfrecords(data, target, overwrite=True)
 
