@@ -291,7 +291,8 @@ class FeedHub:
             conn.received += nrows
             chunk = Chunk(epoch, columns, nrows, sum(c.nbytes for c in columns), conn)
             if not queue.put(chunk):
-                send_frame(sock, {"op": "terminated"})  # the feeder stops sending when it sees this
+                with conn.send_lock:  # batch_results may be sending on this socket too
+                    send_frame(sock, {"op": "terminated"})  # the feeder stops sending when it sees this
                 dropping = True
         if dropping:
             return
