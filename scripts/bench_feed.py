@@ -7,7 +7,8 @@ local-cluster[2,1,2048]. Prints, each against a reference measured in this run:
   (c) Spark-fed 2-worker MWMS Keras fit vs the same fit from in-memory tf.data  target >= 0.9
   (d) inference rate with an identity model                                target >= 0.5 x (a)
   (e) node peak RSS
-plus cluster start (run() until all nodes registered) and shutdown() times.
+plus cluster start (run() until all nodes registered) and shutdown() times. Each ratio
+to (a) is the median over runs that each follow their own (a) run.
 
     python scripts/bench_feed.py [--rows 200000] [--skip-training]
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -25,7 +27,7 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 BATCH = 128
-REPEATS = 3  # every rate is the best of this many warm runs: the machines are noisy
+REPEATS = 5  # every rate is the median of this many warm runs: the machines are noisy
 
 
 def drain(args, ctx):
@@ -111,8 +113,20 @@ def main() -> None:
         fn()
         return time.perf_counter() - started
 
-    spark_secs = min(timed(lambda: rdd.mapPartitions(lambda it: [sum(1 for _ in it)]).sum()) for _ in range(REPEATS))
-    spark_rate = n / spark_secs
+    def spark_drain():
+        rdd.mapPartitions(lambda it: [sum(1 for _ in it)]).sum()
+
+    def paired(fn):
+        """Median rate of ``fn`` and median of its ratios to (a), each timed right after an (a) run:
+        the host's speed drifts between minutes, so only neighbours compare fairly."""
+        secs, ratios = [], []
+        for _ in range(REPEATS):
+            reference = timed(spark_drain)
+            secs.append(timed(fn))
+            ratios.append(reference / secs[-1])
+        return n / statistics.median(secs), statistics.median(ratios)
+
+    spark_rate = n / statistics.median(timed(spark_drain) for _ in range(REPEATS))
     print(f"(a) Spark drain of the cached RDD: {spark_rate:,.0f} rows/s")
 
     for api in ("next_batch", "next_batch_arrays"):
@@ -122,10 +136,9 @@ def main() -> None:
         # The first epoch also pays one-time costs (node processes and Python workers
         # starting up); (a) is measured warm as well, so the ratio compares warm with warm.
         first_secs = timed(lambda c=cluster: c.train(rdd))
-        feed_secs = min(timed(lambda c=cluster: c.train(rdd)) for _ in range(REPEATS))
+        rate, ratio = paired(lambda c=cluster: c.train(rdd))
         shutdown_secs = timed(cluster.shutdown)
-        rate = n / (feed_secs + shutdown_secs)
-        print(f"(b) feed-only via {api}: {rate:,.0f} rows/s = {rate / spark_rate:.2f} x (a)   "
+        print(f"(b) feed-only via {api}: {rate:,.0f} rows/s = {ratio:.2f} x (a)   "
               f"[first epoch {n / first_secs:,.0f} rows/s; cluster start {start_secs:.2f}s, "
               f"shutdown {shutdown_secs:.2f}s]")
     rss = max(int(open(os.path.join(out, name)).read()) for name in os.listdir(out) if name.startswith("rss-"))
@@ -134,9 +147,8 @@ def main() -> None:
     with tfos.run(sc, identity, None, 2, input_mode=tfos.InputMode.SPARK) as cluster:
         results = cluster.inference(rdd)
         first_secs = timed(results.count)
-        infer_secs = min(timed(results.count) for _ in range(REPEATS))
-    rate = n / infer_secs
-    print(f"(d) inference (identity model): {rate:,.0f} rows/s = {rate / spark_rate:.2f} x (a)   "
+        rate, ratio = paired(results.count)
+    print(f"(d) inference (identity model): {rate:,.0f} rows/s = {ratio:.2f} x (a)   "
           f"[first pass {n / first_secs:,.0f} rows/s]")
 
     if not opts.skip_training:
