@@ -39,11 +39,13 @@ def test_tensorflow_mode_trains_and_chief_exports_a_model(sc, export_dir, no_lef
 
 def record_context(args, ctx):
     import json
+    import sys
 
     with open(os.path.join(args["out"], f"{ctx.job_name}-{ctx.task_index}.json"), "w") as f:
         json.dump({"tf_config": json.loads(os.environ["TF_CONFIG"]), "num_workers": ctx.num_workers,
                    "worker_num": ctx.worker_num, "cwd": os.getcwd(), "working_dir": ctx.working_dir,
-                   "path": ctx.absolute_path("model"), "keras": os.environ.get("TF_USE_LEGACY_KERAS")}, f)
+                   "path": ctx.absolute_path("model"), "keras": os.environ.get("TF_USE_LEGACY_KERAS"),
+                   "pyspark_loaded": "pyspark" in sys.modules}, f)
 
 
 def test_nodes_get_tf_config_and_context(sc, tmp_path, no_leftovers):
@@ -59,6 +61,8 @@ def test_nodes_get_tf_config_and_context(sc, tmp_path, no_leftovers):
     assert {chief["worker_num"], worker["worker_num"]} == {0, 1}
     assert chief["path"] == "file://" + os.path.join(chief["working_dir"], "model")
     assert chief["keras"] == "1"
+    # Loading main_fun must not import pyspark: from Spark's pyspark.zip that costs each node 1-1.5 s.
+    assert not chief["pyspark_loaded"] and not worker["pyspark_loaded"]
 
 
 def ps_or_worker(args, ctx):
