@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import psutil
 import pytest
@@ -62,14 +63,46 @@ def node_processes() -> list[psutil.Process]:
     return found
 
 
+def _alive(proc: psutil.Process) -> bool:
+    """Running, as opposed to gone or exited-but-not-yet-reaped (a zombie)."""
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _exists(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running()
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
 @pytest.fixture
 def no_leftovers():
-    """Fails the test if a node or TensorBoard process outlives it (waits up to 15 s)."""
+    """Fails the test if a node or TensorBoard process outlives it, or exits and is never reaped.
+
+    Waits up to 15 s for each: nodes stop within seconds of shutdown, and the process that
+    started a node waits for it as soon as it exits.
+    """
     before = {p.pid for p in node_processes()}
     yield
     leftover = [p for p in node_processes() if p.pid not in before]
-    _, alive = psutil.wait_procs(leftover, timeout=15)
+    wait_until(lambda: not any(_alive(p) for p in leftover), timeout=15)
+    alive = [p for p in leftover if _alive(p)]
     assert not alive, f"processes left behind: {[' '.join(p.cmdline()) for p in alive]}"
+    wait_until(lambda: not any(_exists(p) for p in leftover), timeout=15)
+    zombies = [f"pid {p.pid}: {' '.join(p.info['cmdline'])}" for p in leftover if _exists(p)]
+    assert not zombies, f"node processes exited but were never reaped by their parent: {zombies}"
 
 
 @pytest.fixture

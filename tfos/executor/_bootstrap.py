@@ -144,6 +144,8 @@ class NodeLauncher:
             code = proc.wait()
             if code < 0:
                 raise NodeKilledError(f"node process killed by signal {-code}\n{log_tail(job_name, task_index)}")
+        else:
+            reap_when_done(proc)
 
     def _choose_gpus(self, job_name: str) -> tuple[str | None, Any]:
         """(CUDA_VISIBLE_DEVICES for the node or None to leave it alone, the GpuClaim holding locks)."""
@@ -166,6 +168,17 @@ class NodeLauncher:
             if reply.get("aborted"):
                 raise TFOSError(f"reservation aborted by the driver: {reply['aborted']}")
         raise TFOSError(f"cluster spec not received within reservation_timeout={self.reservation_timeout}s")
+
+
+def reap_when_done(proc: subprocess.Popen) -> None:
+    """Waits for ``proc`` in a daemon thread, so that it never lingers as a zombie.
+
+    Spark reuses Python workers: a node whose task returned while it runs (InputMode.SPARK)
+    is a child of a worker that lives on, and an exited child stays a zombie until waited for.
+    """
+    import threading
+
+    threading.Thread(target=proc.wait, name=f"tfos-reap-{proc.pid}", daemon=True).start()
 
 
 def unix_socket_path(cluster_id: str, executor_id: int) -> str:
