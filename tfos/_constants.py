@@ -25,6 +25,12 @@ SERVER_PORT = "TFOS_SERVER_PORT", "0"
 TENSORBOARD_PORT = "TFOS_TENSORBOARD_PORT", "0"
 #: Bytes of fed data a node buffers per queue before the feeders wait (back-pressure).
 FEED_BUFFER_BYTES = "TFOS_FEED_BUFFER_BYTES", 64 << 20
+#: Seconds between two progress log lines per node when stderr is not a terminal.
+PROGRESS_INTERVAL_SECS = "TFOS_PROGRESS_INTERVAL_SECS", 10.0
+#: Port or port range where the driver serves Prometheus metrics; unset or empty: not served.
+METRICS_PORT = "TFOS_METRICS_PORT", ""
+#: Host the Prometheus endpoint binds.
+METRICS_HOST = "TFOS_METRICS_HOST", "0.0.0.0"
 #: Target size in bytes of one chunk of rows sent from a Spark task to a node.
 FEED_CHUNK_BYTES = "TFOS_FEED_CHUNK_BYTES", 1 << 20
 

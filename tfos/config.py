@@ -42,6 +42,7 @@ class ClusterConfig:
     release_port: bool = True
     max_restarts: int = 0
     num_gpus: int = 0
+    progress: bool | None = None
 
     def __post_init__(self) -> None:
         if not callable(self.main_fun):
@@ -70,6 +71,9 @@ class ClusterConfig:
                 "max_restarts needs input_mode=InputMode.TENSORFLOW: with InputMode.SPARK the rows fed before a "
                 "failure cannot be replayed into restarted nodes. Catch NodeFailedError and run again instead."
             )
+        if self.progress not in (None, True, False):
+            raise TFOSConfigError(f"progress must be None (a live view on a terminal), True or False; "
+                                  f"got {self.progress!r}")
         if not isinstance(self.reservation_timeout, numbers.Real) or self.reservation_timeout <= 0:
             raise TFOSConfigError(
                 f"reservation_timeout must be a positive number of seconds; got {self.reservation_timeout!r}"

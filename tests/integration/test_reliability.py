@@ -121,7 +121,7 @@ def print_lines(args, ctx):
 def test_node_output_reaches_the_driver_log_with_its_role(sc, caplog, no_leftovers):
     caplog.set_level(logging.DEBUG, logger="tfos")
     with tfos.run(sc, print_lines, None, 2) as cluster:
-        secret = cluster._secret
+        secret = cluster._supervisor.secret
     assert not [r for r in caplog.records if secret in r.getMessage()], "the cluster secret reached a log"
     lines = [r.getMessage() for r in caplog.records if r.name == "tfos.node"]
     for role in ("chief:0", "worker:0"):
@@ -221,7 +221,7 @@ def test_driver_killed_by_a_signal_stops_every_node(signum, tmp_path):
 
 
 def test_lost_executor_fails_the_cluster_and_spark_recovers(sc, no_leftovers):
-    from tfos.driver._cluster import _live_executors
+    from tfos.driver._spark import live_executors
 
     cluster = tfos.run(sc, idle_until_stopped, None, 2)
     wait_for(lambda: "worker:0 up" in cluster.log_tail("worker:0"), 30, "the node's output")
@@ -233,4 +233,4 @@ def test_lost_executor_fails_the_cluster_and_spark_recovers(sc, no_leftovers):
     assert time.monotonic() - killed_at < 10
     assert info.value.host == worker["host"]
     # The standalone master replaces the executor; later tests get their two executors back.
-    wait_for(lambda: _live_executors(sc) == 2, 120, "Spark to replace the lost executor")
+    wait_for(lambda: live_executors(sc) == 2, 120, "Spark to replace the lost executor")

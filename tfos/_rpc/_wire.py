@@ -22,8 +22,10 @@ from tfos.errors import AuthError, ProtocolError, TFOSError
 log = logging.getLogger(__name__)
 
 SERVICE = "tfos.Control"
-METHODS = ("Register", "AwaitSpec", "Poll", "Report", "FeedError", "Terminate", "Log",
-           "Reserve", "Reservations", "RequestStop")  # the last three: tfos.compat.reservation
+METHODS = ("Register", "AwaitSpec", "Poll", "Report", "FeedError", "Terminate", "Log", "Metrics",
+           "AgentPoll", "AgentDone",  # held nodes' agents (tfos reserve)
+           "Status", "Submit", "RunState", "Logs", "Release",  # clients of a reservation (tfos.attach, the CLI)
+           "Reserve", "Reservations", "RequestStop")  # tfos.compat.reservation
 SECRET_KEY = "tfos-secret"
 MAX_MESSAGE_BYTES = 4 << 20
 _OPTIONS = [

@@ -27,11 +27,12 @@ def run(sc: Any, map_fn: Any, tf_args: Any, num_executors: int, use_barrier: boo
         raise TFOSConfigError(f"TFParallel.run with use_barrier=True needs {num_executors} task slots at once but the "
                               f"Spark application has {slots} (defaultParallelism {sc.defaultParallelism}, "
                               f"spark.task.cpus={task_cpus}); add executors or lower num_executors.")
-    from tfos.driver._cluster import _default_fs
+    from tfos.driver._spark import default_fs, described
 
-    runner = _ParallelRun(map_fn, tf_args, num_executors, use_barrier, _strip_root(_default_fs(sc)))
+    runner = _ParallelRun(map_fn, tf_args, num_executors, use_barrier, _strip_root(default_fs(sc)))
     nodes = sc.parallelize(range(num_executors), num_executors)
-    (nodes.barrier() if use_barrier else nodes).mapPartitions(runner).collect()
+    with described(sc, None, f"tfos parallel: {num_executors} independent runs"):
+        (nodes.barrier() if use_barrier else nodes).mapPartitions(runner).collect()
 
 
 def _strip_root(default_fs: str) -> str:

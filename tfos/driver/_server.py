@@ -32,6 +32,7 @@ _REGISTER_FIELDS = {"executor_id": int, "job_name": str, "task_index": int, "hos
 _OPTIONAL_PORTS = ("tb_port", "feed_port", "executor_pid")
 #: Lines of each node's output the driver keeps for error messages.
 LOG_TAIL_LINES = 30
+LOG_KEEP_LINES = 5000
 _MAX_LOG_LINES, _MAX_LOG_LINE = 1000, 4000
 node_log = logging.getLogger("tfos.node")
 
@@ -48,6 +49,13 @@ class NodeStatus:
     #: Set when the node process died or its executor was lost (not a main_fun exception).
     lost: str | None = None
     log_tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=LOG_TAIL_LINES))
+    #: Every line the node printed, up to LOG_KEEP_LINES (``tfos logs``); log_count counts all ever received.
+    log_lines: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=LOG_KEEP_LINES))
+    log_count: int = 0
+    #: A held node's agent (``tfos reserve``): its mailbox, last poll, and whether a run's node is up.
+    agent_events: list[dict[str, Any]] = field(default_factory=list)
+    agent_seen: float | None = None
+    agent_busy: bool = False
 
     @property
     def role(self) -> str:
@@ -57,8 +65,10 @@ class NodeStatus:
 class ControlServer:
     """Serves the control plane for one cluster; see the module docstring."""
 
-    def __init__(self, template: dict[int, Role], secret: str, *, local_mode: bool = False) -> None:
+    def __init__(self, template: dict[int, Role], secret: str, *, local_mode: bool = False,
+                 handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] | None = None) -> None:
         self.template = template
+        self._extra_handlers = dict(handlers or {})
         self._secret = secret
         self.local_mode = local_mode
         self._cond = threading.Condition()
@@ -75,7 +85,8 @@ class ControlServer:
     def start(self, host: str) -> int:
         handlers = {"Register": self._register, "AwaitSpec": self._await_spec, "Poll": self._poll,
                     "Report": self._report, "FeedError": self._feed_error, "Terminate": self._terminate,
-                    "Log": self._log}
+                    "Log": self._log, "Metrics": self._metrics, "AgentPoll": self._agent_poll,
+                    "AgentDone": self._agent_done, **self._extra_handlers}
         # Every node holds one long-poll at a time; leave room for reports and feeders.
         workers = 2 * len(self.template) + 16
         self._server, self.port = serve(handlers, self._secret, host, C.port_range(C.SERVER_PORT), workers)
@@ -181,6 +192,17 @@ class ControlServer:
         self._notify()
         return {"ok": True}
 
+    def _metrics(self, msg: dict[str, Any]) -> dict[str, Any]:
+        node = self._node(msg)
+        stats = msg["stats"]
+        if not isinstance(stats, dict):
+            raise ProtocolError("field 'stats' must be an object")
+        with self._cond:
+            node.last_seen = time.monotonic()
+            node.stats = stats
+            self._cond.notify_all()
+        return {"ok": True}
+
     def _feed_error(self, msg: dict[str, Any]) -> dict[str, Any]:
         error = {"kind": _field(msg, "kind", str), "message": str(_field(msg, "message", str))[:8000],
                  "qname": str(msg.get("qname", "")), "partition": msg.get("partition")}
@@ -205,8 +227,43 @@ class ControlServer:
         role = node.role
         for line in lines:
             line = line[:_MAX_LOG_LINE]
-            node.log_tail.append(line)
+            with self._cond:
+                node.log_tail.append(line)
+                node.log_lines.append(line)
+                node.log_count += 1
             node_log.info("[%s] %s", role, line)
+        return {"ok": True}
+
+    def _agent_poll(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """A held node's agent waits for its next command (launch a run's node, release)."""
+        node = self._node(msg)
+        seq = _field(msg, "seq", int)
+        hold = min(float(msg.get("hold", C.get_float(C.POLL_HOLD_SECS))), C.get_float(C.POLL_HOLD_SECS))
+        with self._cond:
+            node.agent_seen = time.monotonic()
+            self._cond.wait_for(lambda: len(node.agent_events) > seq or self._abort_reason is not None,
+                                timeout=max(0.0, hold))
+            node.agent_seen = time.monotonic()
+            events = node.agent_events[seq:]
+            if self._abort_reason and not any(e["type"] == "release" for e in node.agent_events):
+                events.append({"type": "release", "reason": self._abort_reason})
+            return {"events": events, "seq": seq + len(events)}
+
+    def _agent_done(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """A held node's agent saw its run's node process exit (``code``) and waits for the next run."""
+        node = self._node(msg)
+        code = _field(msg, "code", int)
+        with self._cond:
+            node.agent_busy = False
+            if not node.exited:  # killed before it could say so itself
+                node.exited = True
+                if node.state != FAILED and code != 0:
+                    node.state = FAILED
+                    node.error = {"message": str(msg.get("message", f"node process exited with code {code}")),
+                                  "traceback": ""}
+                    node.lost = node.error["message"] if code < 0 else None
+            self._cond.notify_all()
+        self._notify()
         return {"ok": True}
 
     # ---- driver-side API ---------------------------------------------------------------
@@ -216,6 +273,30 @@ class ControlServer:
             for eid in executor_ids if executor_ids is not None else list(self._nodes):
                 self._nodes[eid].events.append(event)
             self._cond.notify_all()
+
+    def begin_run(self, launch: dict[str, Any]) -> None:
+        """Resets every node's run state and posts ``launch`` to every agent (``tfos run``)."""
+        with self._cond:
+            for node in self._nodes.values():
+                node.state, node.error, node.lost, node.exited = "launching", None, None, False
+                node.events, node.stats, node.agent_busy = [], {}, True
+                node.last_seen = time.monotonic()
+                node.agent_events.append(launch)
+            self._cond.notify_all()
+
+    def post_agents(self, event: dict[str, Any]) -> None:
+        """Queues ``event`` for every held node's agent."""
+        with self._cond:
+            for node in self._nodes.values():
+                node.agent_events.append(event)
+            self._cond.notify_all()
+
+    def silent_agents(self, timeout: float) -> list[NodeStatus]:
+        """Held nodes whose agent has not polled for ``timeout`` seconds (its executor is gone)."""
+        now = time.monotonic()
+        with self._cond:
+            return [n for _, n in sorted(self._nodes.items())
+                    if n.agent_seen is not None and now - n.agent_seen > timeout]
 
     def wait(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
         """Waits until ``predicate()`` (called under the lock) holds; returns it."""

@@ -28,7 +28,8 @@ class NodeContext:
     def __init__(self, *, executor_id: int, job_name: str, task_index: int, cluster_spec: dict[str, list[str]],
                  cluster_info: list[dict[str, Any]], default_fs: str, working_dir: str,
                  port_socket: socket.socket | None = None, feeds: Any = None,
-                 on_serving: Callable[[], None] | None = None) -> None:
+                 on_serving: Callable[[], None] | None = None,
+                 on_report: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.executor_id = executor_id
         self.worker_num = executor_id
         self.job_name = job_name
@@ -41,6 +42,7 @@ class NodeContext:
         self._port_socket = port_socket
         self._feeds = feeds
         self._on_serving = on_serving
+        self._on_report = on_report
 
     def absolute_path(self, path: str) -> str:
         """Resolves ``path`` against ``default_fs`` (relative paths: working dir or HDFS home)."""
@@ -72,6 +74,20 @@ class NodeContext:
         if self._on_serving is not None:
             self._on_serving()
         threading.Event().wait()  # the node process exits when the driver stops the cluster
+
+    def report(self, **metrics: Any) -> None:
+        """Reports this node's latest metrics (``ctx.report(step=100, loss=0.31)``) to the driver.
+
+        The driver's progress view, ``Cluster.metrics()``, ``tfos status`` and the Prometheus
+        endpoint show the last value of each. Values are numbers (Python, numpy or TensorFlow
+        scalars) or short strings. Cheap enough to call every step: at most two reports a
+        second go out at once, and the node's next heartbeat carries the rest.
+        """
+        if self._on_report is None:
+            from tfos.errors import TFOSConfigError
+
+            raise TFOSConfigError("ctx.report() works in main_fun on a tfos node only")
+        self._on_report(metrics)
 
     def get_data_feed(self, train_mode: bool = True, qname_in: str = "input", qname_out: str = "output",
                       input_mapping: dict[str, str] | list[str] | None = None) -> Any:

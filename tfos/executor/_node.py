@@ -25,13 +25,15 @@ from typing import Any
 from tfos import _constants as C
 from tfos._paths import local_path
 from tfos._rpc import ControlClient
-from tfos.errors import TFOSError
+from tfos.errors import TFOSConfigError, TFOSError
 from tfos.executor._bootstrap import NodePayload, local_marker_path, log_path, unix_socket_path
 from tfos.executor._context import NodeContext
 from tfos.executor._logs import LogShipper
 
 log = logging.getLogger("tfos.node")
 
+#: Seconds between two metric reports sent right away by ``ctx.report`` (polls carry the rest).
+METRICS_INTERVAL_SECS = 0.5
 #: Jobs that serve until the driver stops them, whatever main_fun does.
 SERVING_JOBS = ("ps", "evaluator")
 
@@ -48,6 +50,8 @@ class Node:
         self.feeds: Any = None
         self._exit_lock = threading.Lock()
         self._main_running = False
+        self.metrics: dict[str, float | str] = {}
+        self._metrics_sent = 0.0
         self.logs = LogShipper(self.client, payload.executor_id, log_path(payload.job_name, payload.task_index),
                                payload.log_offset)
 
@@ -65,7 +69,7 @@ class Node:
         ctx = NodeContext(executor_id=p.executor_id, job_name=p.job_name, task_index=p.task_index,
                           cluster_spec=p.cluster_spec, cluster_info=p.cluster_info, default_fs=p.default_fs,
                           working_dir=os.getcwd(), port_socket=self.sockets.pop("port"), feeds=self.feeds,
-                          on_serving=lambda: self.report("serving"))
+                          on_serving=lambda: self.report("serving"), on_report=self.report_metrics)
         if "tb" in self.sockets:
             self._start_tensorboard(ctx)
         threading.Thread(target=self._poll_loop, name="tfos-poll", daemon=True).start()
@@ -119,7 +123,32 @@ class Node:
             log.warning("could not report state %r to the driver", state, exc_info=True)
 
     def stats(self) -> dict[str, Any]:
-        return self.feeds.stats() if self.feeds is not None else {}
+        """What the driver shows for this node: rows consumed per queue, reported metrics, memory, GPUs."""
+        import psutil
+
+        stats = self.feeds.stats() if self.feeds is not None else {}
+        try:
+            stats["rss"] = psutil.Process().memory_info().rss
+        except psutil.Error:
+            pass
+        stats["pid"] = os.getpid()
+        stats["gpus"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+        stats["metrics"] = dict(self.metrics)
+        return stats
+
+    def report_metrics(self, metrics: dict[str, Any]) -> None:
+        """``ctx.report``: keeps the latest value of each metric; sends them at most twice a second.
+
+        The next poll carries whatever a throttled call did not send, so nothing is lost.
+        """
+        self.metrics.update(metric_values(metrics))
+        now = time.monotonic()
+        if now - self._metrics_sent >= METRICS_INTERVAL_SECS:
+            self._metrics_sent = now
+            try:
+                self.client.call("Metrics", {"executor_id": self.p.executor_id, "stats": self.stats()}, timeout=5)
+            except TFOSError:
+                log.debug("could not send metrics to the driver", exc_info=True)
 
     def exit(self, code: int) -> None:
         """Cleans up, tells the driver, and ends the process (TF threads never block it)."""
@@ -185,6 +214,22 @@ class Node:
             stdout=sys.stdout, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
         )
         log.info("TensorBoard on port %d serving %s", port, logdir)
+
+
+def metric_values(metrics: dict[str, Any]) -> dict[str, float | str]:
+    """Plain numbers (or short strings) for ``ctx.report(**metrics)``; numpy and TF scalars welcome."""
+    values: dict[str, float | str] = {}
+    for name, value in metrics.items():
+        if isinstance(value, str):
+            values[name] = value[:200]
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise TFOSConfigError(f"ctx.report({name}=...): got {type(value).__name__}; report numbers (int, "
+                                  "float, numpy or TensorFlow scalars) or short strings") from None
+        values[name] = int(number) if isinstance(value, (bool, int)) else number
+    return values
 
 
 def _die_with_parent() -> None:

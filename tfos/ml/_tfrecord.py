@@ -61,7 +61,10 @@ def save_tfrecords(df: Any, output_dir: str, overwrite: bool = False) -> int:
                                   "overwrite=True")
         fs.delete(path, True)
     fs.mkdirs(path)
-    counts = df.rdd.mapPartitionsWithIndex(_PartitionWriter(output_dir, dtypes)).collect()
+    from tfos.driver._spark import described
+
+    with described(sc, None, f"tfos save TFRecords to {output_dir}"):
+        counts = df.rdd.mapPartitionsWithIndex(_PartitionWriter(output_dir, dtypes)).collect()
     fs.create(sc._jvm.org.apache.hadoop.fs.Path(path, "_SUCCESS"), True).close()
     return int(sum(counts))
 

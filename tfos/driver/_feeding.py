@@ -1,0 +1,162 @@
+"""Feeding orchestration (driver): epochs, queue schemas and the Spark jobs that feed nodes.
+
+``Feeding`` runs ``Cluster.train`` and ``Cluster.inference``: it announces each queue's
+columns to the nodes, runs one feeding job per epoch (labelled "tfos feed 'input' epoch
+2/5" in the Spark UI) and turns a feeding failure into the error that explains it: the
+node's own failure when a node broke the feed, else the feed error a task reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from tfos import _constants as C
+from tfos.driver import _spark
+from tfos.driver._supervisor import ClusterState, Supervisor, role
+from tfos.errors import AuthError, FeedDataError, FeedTimeoutError, TFOSConfigError, TFOSError
+from tfos.executor._bootstrap import FEEDING_JOBS
+from tfos.feed._feeder import Consumer, Feeder
+
+if TYPE_CHECKING:
+    from pyspark import SparkContext
+
+log = logging.getLogger(__name__)
+
+_NODE_GONE = re.compile(r"closed the feed|cannot reach the feed|Broken pipe|Connection reset|Connection refused")
+
+
+class Feeding:
+    """Feeds RDDs and DataFrames to a supervised cluster's chief and workers."""
+
+    def __init__(self, sc: SparkContext, supervisor: Supervisor) -> None:
+        self.sc = sc
+        self.supervisor = supervisor
+        self._epochs: dict[str, int] = {}
+        self._schemas: dict[str, dict[str, Any]] = {}
+
+    def consumer_ids(self) -> list[int]:
+        return [eid for eid, (job, _) in sorted(self.supervisor.template.items()) if job in FEEDING_JOBS]
+
+    def train(self, data: Any, num_epochs: int, feed_timeout: float, qname: str) -> None:
+        if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
+            raise TFOSConfigError(f"num_epochs must be an integer >= 1; got {num_epochs!r}")
+        self._require_running("train", feed_timeout)
+        rdd, arrow = _spark.as_rdd(data)
+        if not self._announce(qname, rdd, arrow):
+            return
+        for n in range(num_epochs):
+            if self.supervisor.server.terminated(qname):
+                log.info("queue %r was terminated by a node; not feeding further epochs", qname)
+                break
+            epoch = self._epochs.get(qname, 0)
+            self._epochs[qname] = epoch + 1
+            feeder = self._feeder(qname, epoch, feed_timeout, arrow)
+            self._run_job(lambda f=feeder: rdd.mapPartitionsWithIndex(f).collect(), qname,
+                          f"tfos feed {qname!r} epoch {n + 1}/{num_epochs}")
+            self.supervisor.server.post({"type": "feed_end", "qname": qname, "epoch": epoch}, self.consumer_ids())
+
+    def inference(self, data: Any, feed_timeout: float, qname: str) -> Any:
+        self._require_running("inference", feed_timeout)
+        rdd, arrow = _spark.as_rdd(data)
+        self._announce(qname, rdd, arrow)
+        return rdd.mapPartitionsWithIndex(self._feeder(qname, None, feed_timeout, arrow)).setName(
+            f"tfos inference {qname!r}")
+
+    def close(self) -> None:
+        """Tells every fed node that no more data comes, so ``should_stop()`` turns true."""
+        self.supervisor.server.post({"type": "feed_close"}, self.consumer_ids())
+
+    def consumed_rows(self, qname: str) -> dict[str, int]:
+        counts = {}
+        for node in self.supervisor.server.nodes().values():
+            if node.info["job_name"] in FEEDING_JOBS:
+                counts[role(node)] = int(node.stats.get("consumed", {}).get(qname, 0))
+        return counts
+
+    # ---- internals -------------------------------------------------------------------------
+    def _require_running(self, method: str, feed_timeout: float) -> None:
+        sup = self.supervisor
+        if sup.failure is not None:
+            sup.mark_failure_raised()
+            raise sup.failure
+        if sup.state != ClusterState.RUNNING:
+            raise TFOSError(f"{method}() on a cluster that is {sup.state.value}")
+        if not isinstance(feed_timeout, (int, float)) or feed_timeout <= 0:
+            raise TFOSConfigError(f"feed_timeout must be a positive number of seconds; got {feed_timeout!r}")
+
+    def _feeder(self, qname: str, epoch: int | None, feed_timeout: float, arrow: bool) -> Feeder:
+        gen = self.supervisor.generation
+        nodes = gen.server.nodes()
+        consumers = tuple(Consumer(eid, role(nodes[eid]), nodes[eid].info["host"], nodes[eid].info["feed_port"])
+                          for eid in self.consumer_ids())
+        return Feeder(cluster_id=gen.cluster_id, secret=self.supervisor.secret, server_address=gen.address,
+                      qname=qname, epoch=epoch, consumers=consumers, feed_timeout=float(feed_timeout),
+                      local_mode=gen.server.local_mode, arrow=arrow)
+
+    def _announce(self, qname: str, rdd: Any, arrow: bool) -> bool:
+        """Tells the nodes the columns of ``qname`` (from the first row); False if no rows."""
+        if qname in self._schemas:
+            return True
+        with _spark.described(self.sc, None, f"tfos feed {qname!r}: first row for the schema"):
+            first = rdd.take(1)
+        if not first:
+            log.warning("nothing to feed to queue %r: the data is empty", qname)
+            return False
+        _, schema = next(self._feeder(qname, 0, 1.0, arrow)._chunks(-1, iter(first)))
+        self._schemas[qname] = schema
+        self.supervisor.server.post({"type": "feed_begin", "qname": qname, "schema": schema}, self.consumer_ids())
+        return True
+
+    def _run_job(self, action: Callable[[], Any], qname: str, description: str) -> None:
+        """Runs a feeding job; on a node or feed failure cancels it and raises the cause.
+
+        Once a node terminated ``qname``, nodes may have finished: feeding errors then
+        end the feed quietly instead.
+        """
+        sup = self.supervisor
+        group = f"{sup.generation.job_group}-feed"
+        server = sup.server
+        errors_before = len(server.feed_errors())
+        outcome: dict[str, BaseException] = {}
+        done = threading.Event()
+
+        def body() -> None:
+            try:
+                action()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                outcome["error"] = exc
+            finally:
+                done.set()
+                server.wake()
+
+        thread = _spark.job_thread(self.sc, group, description, body)
+        server.wait(lambda: done.is_set() or sup.failure is not None or len(server.feed_errors()) > errors_before,
+                    timeout=None)
+        failure: BaseException | None = sup.failure
+        feed_errors = server.feed_errors()[errors_before:]
+        if failure is None and feed_errors:
+            failure = _feed_error(feed_errors[0])
+        if failure is None and "error" in outcome:
+            failure = TFOSError(f"feeding job failed: {_spark.short_error(outcome['error'])}")
+            if _NODE_GONE.search(str(failure)):
+                # A dead node breaks the feed at once; give the monitor the time to say which and why.
+                server.wait(lambda: sup.failure is not None, timeout=C.get_float(C.HEARTBEAT_TIMEOUT_SECS) + 2)
+                failure = sup.failure or failure
+        if failure is not None:
+            _spark.cancel(self.sc, group)
+            thread.join(timeout=30)
+            if failure is sup.failure:
+                sup.mark_failure_raised()
+            elif server.terminated(qname):
+                log.info("%s stopped after a node terminated the queue (%s)", description, failure)
+                return
+            raise failure
+
+
+def _feed_error(report: dict[str, Any]) -> TFOSError:
+    kinds = {"timeout": FeedTimeoutError, "FeedDataError": FeedDataError, "AuthError": AuthError}
+    return kinds.get(report["kind"], TFOSError)(report["message"], partition=report.get("partition"))
