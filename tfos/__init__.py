@@ -6,6 +6,7 @@ tfos does not import TensorFlow: nodes import it inside ``main_fun``.
 
 from tfos._version import __version__
 from tfos.config import ClusterConfig, InputMode
+from tfos.driver._attach import AttachedCluster, attach
 from tfos.driver._cluster import Cluster, ClusterState, run
 from tfos.errors import (
     AuthError,
@@ -14,6 +15,7 @@ from tfos.errors import (
     NodeError,
     NodeFailedError,
     ProtocolError,
+    ReservationGoneError,
     ReservationTimeoutError,
     TFOSConfigError,
     TFOSError,
@@ -22,6 +24,7 @@ from tfos.executor._context import NodeContext
 from tfos.feed import DataFeed
 
 __all__ = [
+    "AttachedCluster",
     "AuthError",
     "Cluster",
     "ClusterConfig",
@@ -34,9 +37,11 @@ __all__ = [
     "NodeError",
     "NodeFailedError",
     "ProtocolError",
+    "ReservationGoneError",
     "ReservationTimeoutError",
     "TFOSConfigError",
     "TFOSError",
     "__version__",
+    "attach",
     "run",
 ]

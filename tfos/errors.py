@@ -10,7 +10,8 @@ Every error tfos raises on purpose derives from :class:`TFOSError`::
      ├── FeedTimeoutError (TimeoutError)        a node stopped consuming fed data
      ├── FeedDataError (ValueError)             a row that does not fit its batch
      ├── AuthError                              missing or wrong cluster secret
-     └── ProtocolError                          malformed control-plane or feed message
+     ├── ProtocolError                          malformed control-plane or feed message
+     └── ReservationGoneError                   a reservation handle whose cluster no longer runs
 
 Messages say what happened, the likely cause, and the setting to change. Errors cross
 from executors to the driver by pickle through Spark, so each keeps its extra fields in
@@ -65,3 +66,7 @@ class AuthError(TFOSError):
 
 class ProtocolError(TFOSError):
     """A control-plane or feed message is malformed."""
+
+
+class ReservationGoneError(TFOSError):
+    """The cluster a reservation handle names no longer answers (released, or its driver died)."""

@@ -1,4 +1,4 @@
-"""The ``tfos`` command (driver machine): environment checks and spark-submit wrapper.
+"""The ``tfos`` command (driver machine): checks, spark-submit, and clusters held like Slurm's salloc.
 
 ``build_parser()`` builds the argument parser; ``main(argv)`` runs a command and
 returns its exit code. Only the CLI configures logging handlers.
@@ -12,7 +12,10 @@ import sys
 
 from tfos._version import __version__
 from tfos.cli._doctor import doctor
+from tfos.cli._reserve import add_commands, run_command
 from tfos.cli._submit import submit
+
+_RESERVATION_COMMANDS = ("reserve", "status", "run", "logs", "release")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           "slot per executor. Options before SCRIPT go to spark-submit.")
     run.add_argument("--dry-run", action="store_true", help="print the spark-submit command instead of running it")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="[SPARK-SUBMIT OPTIONS] SCRIPT [ARGS]")
+    add_commands(commands)
     return parser
 
 
@@ -43,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     if args.command == "doctor":
         return doctor(args.conf)
+    if args.command in _RESERVATION_COMMANDS:
+        return run_command(args)
     return submit(unknown + args.args, dry_run=args.dry_run)
 
 

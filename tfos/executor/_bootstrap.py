@@ -6,12 +6,21 @@ full cluster spec and starts the node process (``tfos.executor._node``) with
 TF_CONFIG set. In InputMode.TENSORFLOW the task then waits for the node to finish;
 in InputMode.SPARK it returns so that feeding tasks can use the executor's slot.
 
+A held node (``tfos reserve``, ``hold=True``) keeps its task, and so its executor: an
+agent loop waits for the driver to launch a run, starts a fresh node process for it on
+the same ports, waits for it, and waits for the next run until the reservation is
+released. The run's ``main_fun`` arrives as a pickle signed with the cluster secret
+(HMAC-SHA256); the agent checks the signature before the node loads it.
+
 Failures are reported to the driver over the control plane rather than raised, so
 Spark never retries a node task behind tfos's back.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -23,14 +32,14 @@ import tempfile
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tfos import _constants as C
 from tfos._rpc import ControlClient
 from tfos.config import InputMode
 from tfos.driver._template import Role, tf_config
-from tfos.errors import TFOSError
+from tfos.errors import AuthError, TFOSError
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +85,7 @@ class NodeLauncher:
     default_fs: str
     main: bytes
     num_gpus: int = 0
+    hold: bool = False
 
     def __call__(self, partition: Iterator[Any]) -> Iterator[int]:
         from pyspark import TaskContext
@@ -128,24 +138,83 @@ class NodeLauncher:
             executor_id=executor_id, job_name=job_name, task_index=task_index, cluster_spec=spec,
             cluster_info=info, default_fs=self.default_fs, input_mode=self.input_mode,
             tensorboard="tb" in sockets, log_dir=self.log_dir, release_port=self.release_port, main=self.main,
-            fds={name: s.fileno() for name, s in sockets.items()}, executor_pid=executor_pid,
-            log_offset=_size(log_path(job_name, task_index)),
+            fds={}, executor_pid=executor_pid, log_offset=0,
         )
-        devices, claim = self._choose_gpus(job_name)
-        try:
-            proc = _start_node(payload, tf_config(spec, job_name, task_index), devices,
-                               claim.fds() if claim is not None else [])
-        finally:
-            if claim is not None:
-                claim.release()  # the node process holds the GPU locks from here on
-        for s in sockets.values():
-            s.close()
+        if self.hold:
+            self._hold(client, payload, sockets)
+            return
+        proc = self._start(payload, sockets)
         if self.input_mode == InputMode.TENSORFLOW:
             code = proc.wait()
             if code < 0:
                 raise NodeKilledError(f"node process killed by signal {-code}\n{log_tail(job_name, task_index)}")
         else:
             reap_when_done(proc)
+
+    def _start(self, payload: NodePayload, sockets: dict[str, socket.socket]) -> subprocess.Popen:
+        """Starts the node process on ``sockets`` (which it takes over) with ``payload``."""
+        payload = replace(payload, fds={name: s.fileno() for name, s in sockets.items()},
+                          log_offset=_size(log_path(payload.job_name, payload.task_index)))
+        devices, claim = self._choose_gpus(payload.job_name)
+        try:
+            return _start_node(payload, tf_config(payload.cluster_spec, payload.job_name, payload.task_index),
+                               devices, claim.fds() if claim is not None else [])
+        finally:
+            if claim is not None:
+                claim.release()  # the node process holds the GPU locks from here on
+            for s in sockets.values():
+                s.close()
+
+    def _hold(self, client: ControlClient, payload: NodePayload, sockets: dict[str, socket.socket]) -> None:
+        """The agent of a held node: runs each launched run's node until the reservation is released."""
+        ports = {name: s.getsockname()[1] for name, s in sockets.items()}
+        seq = 0
+        while True:
+            reply = client.call("AgentPoll", {"executor_id": payload.executor_id, "seq": seq},
+                                timeout=C.get_float(C.POLL_HOLD_SECS) + 10)
+            seq = reply["seq"]
+            for event in reply["events"]:
+                if event["type"] == "release":
+                    for s in sockets.values():
+                        s.close()
+                    return
+                if event["type"] == "launch":
+                    try:
+                        main = open_signed(event["main"], event["mac"], self.secret)
+                        if not sockets:  # the last run's node had them; its ports are the cluster's
+                            sockets = {name: _bind_tcp(ports=range(port, port + 1), reuse=True)
+                                       for name, port in ports.items()}
+                        proc = self._start(replace(payload, main=main), sockets)
+                    except (TFOSError, OSError) as exc:  # this run fails; the reservation holds on
+                        for s in sockets.values():
+                            s.close()
+                        sockets = {}
+                        _report_failure(client, payload.executor_id, exc)
+                        client.call("AgentDone", {"executor_id": payload.executor_id, "code": 1,
+                                                  "message": f"{type(exc).__name__}: {exc}"})
+                        continue
+                    sockets = {}
+                    seq = self._await_node(client, payload, proc, seq)
+
+    def _await_node(self, client: ControlClient, payload: NodePayload, proc: subprocess.Popen, seq: int) -> int:
+        """Heartbeats while a run's node runs; kills it on release. Returns the mailbox position."""
+        released = False
+        while proc.poll() is None:
+            reply = client.call("AgentPoll", {"executor_id": payload.executor_id, "seq": seq, "hold": 0.5},
+                                timeout=10)
+            kinds = {e["type"] for e in reply["events"]}
+            released = "release" in kinds
+            if not released:
+                seq = reply["seq"]  # a release stays unread, so the agent loop sees it next
+            if kinds & {"release", "kill"}:  # the run ended but this node did not stop when told
+                _terminate(proc)
+                break
+        code = proc.wait()
+        if not released:
+            message = (f"node process killed by signal {-code}\n{log_tail(payload.job_name, payload.task_index)}"
+                       if code < 0 else f"node process exited with code {code}")
+            client.call("AgentDone", {"executor_id": payload.executor_id, "code": code, "message": message})
+        return seq
 
     def _choose_gpus(self, job_name: str) -> tuple[str | None, Any]:
         """(CUDA_VISIBLE_DEVICES for the node or None to leave it alone, the GpuClaim holding locks)."""
@@ -168,6 +237,19 @@ class NodeLauncher:
             if reply.get("aborted"):
                 raise TFOSError(f"reservation aborted by the driver: {reply['aborted']}")
         raise TFOSError(f"cluster spec not received within reservation_timeout={self.reservation_timeout}s")
+
+
+def sign(blob: bytes, secret: str) -> str:
+    """HMAC-SHA256 of ``blob`` under the cluster secret, hex."""
+    return hmac.new(secret.encode(), blob, hashlib.sha256).hexdigest()
+
+
+def open_signed(data: str, mac: str, secret: str) -> bytes:
+    """The base64 ``data`` of a launch, once its signature checks out (else AuthError)."""
+    blob = base64.b64decode(data)
+    if not hmac.compare_digest(sign(blob, secret), str(mac)):
+        raise AuthError("a launch's main_fun is not signed with the cluster secret; refusing to load it")
+    return blob
 
 
 def reap_when_done(proc: subprocess.Popen) -> None:
@@ -224,10 +306,15 @@ def _local_ip(server_host: str) -> str:
             return socket.gethostbyname(socket.gethostname())
 
 
-def _bind_tcp(listen: bool = False, ports: range = range(0, 1)) -> socket.socket:
-    """A TCP socket bound to the first free port of ``ports`` (0: any free port)."""
+def _bind_tcp(listen: bool = False, ports: range = range(0, 1), reuse: bool = False) -> socket.socket:
+    """A TCP socket bound to the first free port of ``ports`` (0: any free port).
+
+    ``reuse`` binds a port that a finished node's connections still hold in TIME_WAIT.
+    """
     for port in ports:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if reuse:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("", port))
         except OSError:
@@ -294,6 +381,14 @@ def _start_node(payload: NodePayload, config: dict[str, Any], cuda_devices: str 
     with proc.stdin:
         proc.stdin.write(pickle.dumps(payload))
     return proc
+
+
+def _terminate(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 class NodeKilledError(TFOSError):

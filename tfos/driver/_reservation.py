@@ -1,0 +1,230 @@
+"""A held TensorFlow cluster (driver, the ``tfos reserve`` process): many runs, one reservation.
+
+``Reservation`` boots one held node per executor through the same
+:class:`~tfos.driver._supervisor.Supervisor` as ``tfos.run``: each Spark task keeps its
+executor and runs an agent (``NodeLauncher(hold=True)``). A run (``tfos run``,
+``tfos.attach(handle).run``) sends a signed ``main_fun`` pickle; every agent starts a
+fresh node process for it on the cluster's ports, so the second run pays neither Spark
+application start-up nor reservation. A failing run fails alone (its nodes are
+stopped, the reservation holds on); a lost executor fails the reservation.
+
+Clients speak to the control server with the cluster secret (from the handle file):
+``Status``, ``Submit``, ``RunState``, ``Logs`` and ``Release``, all JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import secrets
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tfos import _constants as C
+from tfos.config import InputMode
+from tfos.driver import _spark
+from tfos.driver._cluster import SparkNodeJobs
+from tfos.driver._progress import Rates, node_rows
+from tfos.driver._supervisor import ClusterState, Supervisor, describe, finished, role
+from tfos.driver._template import cluster_template
+from tfos.errors import AuthError, TFOSConfigError, TFOSError
+from tfos.executor._bootstrap import FEEDING_JOBS, NodeLauncher, sign
+
+if TYPE_CHECKING:
+    from pyspark import SparkContext
+
+log = logging.getLogger(__name__)
+
+#: Seconds a run's nodes get to exit after the run ended before their agents kill them.
+STOP_GRACE_SECS = 15.0
+
+
+@dataclass
+class Run:
+    """One ``main_fun`` run on the reservation."""
+
+    id: str
+    started: float
+    done: bool = False
+    error: dict[str, Any] | None = None
+
+
+class Reservation:
+    """See the module docstring."""
+
+    def __init__(self, sc: SparkContext, num_executors: int, *, num_ps: int = 0, eval_node: bool = False,
+                 master_node: str | None = "chief", num_gpus: int = 0, tensorboard: bool = False,
+                 log_dir: str | None = None, reservation_timeout: float = 600, name: str = "tfos") -> None:
+        if isinstance(num_executors, bool) or not isinstance(num_executors, int) or num_executors < 1:
+            raise TFOSConfigError(f"num_executors must be an integer >= 1; got {num_executors!r}")
+        if num_executors - num_ps - bool(eval_node) < 1:
+            raise TFOSConfigError(f"num_executors={num_executors} leaves no chief or worker after num_ps={num_ps} "
+                                  f"and eval_node={bool(eval_node)}; raise num_executors or lower num_ps")
+        self.sc = sc
+        self.name = name
+        self.template = cluster_template(num_executors, num_ps, master_node, eval_node)
+        self.secret = secrets.token_hex(16)
+        default_fs = _spark.default_fs(sc)
+        jobs = SparkNodeJobs(sc, f"tfos reservation {name!r}: {describe(self.template.values())}",
+                             lambda gen: NodeLauncher(
+                                 cluster_id=gen.cluster_id, server_address=gen.address, secret=self.secret,
+                                 template=self.template, input_mode=int(InputMode.TENSORFLOW),
+                                 tensorboard=tensorboard, log_dir=log_dir, release_port=True,
+                                 reservation_timeout=float(reservation_timeout), default_fs=default_fs, main=b"",
+                                 num_gpus=num_gpus, hold=True))
+        handlers = {"Status": self._status, "Submit": self._submit, "RunState": self._run_state,
+                    "Logs": self._logs, "Release": self._release}
+        self._supervisor = Supervisor(self.template, self.secret, jobs,
+                                      local_mode=_spark.preflight(sc, num_executors),
+                                      hosts=_spark.server_hosts(sc), reservation_timeout=reservation_timeout,
+                                      max_restarts=0, handlers=handlers, on_failure=self._on_failure)
+        self._lock = threading.Lock()
+        self._runs: dict[str, Run] = {}
+        self._current: Run | None = None
+        self._rates = Rates()
+        #: Set when a client asked for release; the reserve command then tears the cluster down.
+        self.release_requested = threading.Event()
+
+    # ---- driver-side API -------------------------------------------------------------------
+    def start(self) -> Reservation:
+        """Holds the executors: returns once every node's agent registered."""
+        self._supervisor.start()
+        return self
+
+    @property
+    def state(self) -> ClusterState:
+        return self._supervisor.state
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the control server clients attach to."""
+        return self._supervisor.generation.address
+
+    @property
+    def cluster_spec(self) -> dict[str, list[str]]:
+        return self._supervisor.server.cluster_spec()
+
+    def wait(self, timeout: float) -> bool:
+        """Waits until a release was asked for or the reservation failed; True if so."""
+        sup = self._supervisor
+        return sup.server.wait(lambda: self.release_requested.is_set() or sup.state is ClusterState.FAILED,
+                               timeout=timeout)
+
+    def release(self, reason: str = "reservation released") -> None:
+        """Stops every node and agent, ending the Spark job that holds the executors. Idempotent."""
+        self.release_requested.set()
+        self._supervisor.begin_stop()
+        self._supervisor.teardown(reason)
+
+    @property
+    def failure(self) -> TFOSError | None:
+        return self._supervisor.failure
+
+    # ---- failures ----------------------------------------------------------------------------
+    def _on_failure(self, failure: TFOSError) -> bool:
+        """A node failure fails the run under way alone; a lost agent fails the reservation."""
+        with self._lock:
+            run = self._current
+            if getattr(failure, "agent_lost", False) or run is None or run.done:
+                return False
+            if run.error is None:
+                run.error = _error_fields(failure)
+                log.error("run %s failed: %s", run.id, failure)
+        server = self._supervisor.server
+        with server._cond:  # the failure is the run's now: the monitor need not see it again
+            for node in server.nodes().values():
+                node.error = None
+        server.wake()
+        return True
+
+    # ---- runs ------------------------------------------------------------------------------
+    def _drive(self, run: Run) -> None:
+        """Waits for the run's chief and workers, then stops its nodes (ps and evaluator serve on)."""
+        sup = self._supervisor
+        server = sup.server
+        workers = [eid for eid, (job, _) in self.template.items() if job in FEEDING_JOBS]
+        server.wait(lambda: finished(server, workers) or run.error is not None
+                    or sup.state is not ClusterState.RUNNING, timeout=None)
+        server.post({"type": "stop", "reason": "run failed" if run.error else "run finished"})
+        idle = server.wait(lambda: not any(n.agent_busy for n in server.nodes().values()), timeout=STOP_GRACE_SECS)
+        if not idle:
+            server.post_agents({"type": "kill"})
+            server.wait(lambda: not any(n.agent_busy for n in server.nodes().values()), timeout=STOP_GRACE_SECS)
+        with self._lock:
+            run.done = True
+        log.info("run %s %s in %.2fs", run.id, "failed" if run.error else "finished", time.monotonic() - run.started)
+        server.wake()
+
+    # ---- RPC handlers (gRPC threads) ---------------------------------------------------------
+    def _submit(self, msg: dict[str, Any]) -> dict[str, Any]:
+        data, mac = str(msg["main"]), str(msg["mac"])
+        if sign(base64.b64decode(data), self.secret) != mac:
+            raise AuthError("Submit: main_fun is not signed with the cluster secret")
+        with self._lock:
+            if self._supervisor.state is not ClusterState.RUNNING or self.release_requested.is_set():
+                return {"ok": False, "reason": f"the reservation is {self._supervisor.state.value}"}
+            if self._current is not None and not self._current.done:
+                return {"ok": False, "reason": f"run {self._current.id} is still running on this reservation; "
+                                               "wait for it to end (tfos status HANDLE) or release the reservation"}
+            run = Run(uuid.uuid4().hex[:12], time.monotonic())
+            self._runs[run.id] = run
+            self._current = run
+        self._supervisor.server.begin_run({"type": "launch", "run": run.id, "main": data, "mac": mac})
+        threading.Thread(target=self._drive, args=(run,), name=f"tfos-run-{run.id}", daemon=True).start()
+        log.info("run %s submitted", run.id)
+        return {"ok": True, "run": run.id}
+
+    def _run_state(self, msg: dict[str, Any]) -> dict[str, Any]:
+        run = self._runs.get(str(msg["run"]))
+        if run is None:
+            return {"known": False}
+        wait = min(float(msg.get("wait", 0)), C.get_float(C.POLL_HOLD_SECS))
+        self._supervisor.server.wait(lambda: run.done, timeout=max(0.0, wait))
+        nodes = {role(n): n.state for n in self._supervisor.server.nodes().values()}
+        return {"known": True, "done": run.done, "error": run.error, "nodes": nodes}
+
+    def _status(self, msg: dict[str, Any]) -> dict[str, Any]:
+        server = self._supervisor.server
+        rows = node_rows(server, self._rates)
+        nodes = server.nodes()
+        for row in rows:
+            if not nodes[row["executor_id"]].agent_busy:
+                row["state"] = "idle"
+        current = self._current
+        return {"name": self.name, "state": self._supervisor.state.value, "cluster_spec": server.cluster_spec(),
+                "run": None if current is None else {"id": current.id, "done": current.done,
+                                                      "failed": current.error is not None},
+                "nodes": rows}
+
+    def _logs(self, msg: dict[str, Any]) -> dict[str, Any]:
+        wanted = msg.get("role")
+        since = msg.get("since") or {}
+        lines, positions = {}, {}
+        server = self._supervisor.server
+        with server._cond:
+            nodes = {role(n): n for n in server.nodes().values()}
+            if wanted is not None and wanted not in nodes:
+                raise TFOSConfigError(f"no node {wanted!r}; nodes: {', '.join(sorted(nodes))}")
+            for name, node in nodes.items():
+                if wanted is not None and name != wanted:
+                    continue
+                first = node.log_count - len(node.log_lines)  # index of the oldest line still kept
+                start = max(int(since.get(name, 0)), first)
+                lines[name] = list(node.log_lines)[start - first:]
+                positions[name] = node.log_count
+        return {"lines": lines, "next": positions}
+
+    def _release(self, msg: dict[str, Any]) -> dict[str, Any]:
+        log.info("release requested by a client")
+        self.release_requested.set()
+        self._supervisor.server.wake()
+        return {"ok": True}
+
+
+def _error_fields(error: TFOSError) -> dict[str, Any]:
+    """A node failure as plain data for the client, which raises the same class with the same fields."""
+    fields = {k: v for k, v in error.__dict__.items() if isinstance(v, (str, int, float, type(None)))}
+    return {"kind": type(error).__name__, "message": str(error), "fields": fields}
