@@ -5,14 +5,21 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from tfos.compat._unsupported import module_getattr
 from tfos.config import InputMode
 from tfos.driver._cluster import Cluster
 from tfos.driver._cluster import run as _run
 from tfos.errors import TFOSConfigError
 
-__all__ = ["InputMode", "TFCluster", "run"]
+__all__ = ["InputMode", "TFCluster", "logger", "run"]
 
 log = logging.getLogger(__name__)
+logger = log  # TensorFlowOnSpark's name
+
+__getattr__, __dir__ = module_getattr(__name__, {
+    "tf_status": "TFoS's reservation thread recorded start-up errors there; tfos raises them from TFCluster.run "
+                 "(tfos.ReservationTimeoutError, tfos.NodeError) and from train / inference / shutdown.",
+})
 
 #: TensorFlowOnSpark's train() feeds 10 epochs when num_epochs is 0.
 DEFAULT_EPOCHS = 10
@@ -33,8 +40,18 @@ class TFCluster:
         return self.cluster.cluster_info
 
     def train(self, dataRDD: Any, num_epochs: int = 0, feed_timeout: float = 600, qname: str = "input") -> None:  # noqa: N803
-        """Feeds ``dataRDD`` to the nodes ``num_epochs`` times (0 means 10, as in TensorFlowOnSpark)."""
+        """Feeds ``dataRDD`` to the nodes ``num_epochs`` times (0 means 10, as in TensorFlowOnSpark).
+
+        A DStream (Spark Streaming) is fed as it arrives, each RDD once, as TensorFlowOnSpark did;
+        ``shutdown(ssc)`` then waits for the StreamingContext to end.
+        """
         self._check_queue(qname)
+        from pyspark.streaming import DStream
+
+        if isinstance(dataRDD, DStream):
+            dataRDD.foreachRDD(lambda rdd: None if rdd.isEmpty() else self.cluster.train(
+                rdd, num_epochs=1, feed_timeout=feed_timeout, qname=qname))
+            return
         if isinstance(num_epochs, int) and num_epochs == 0:
             num_epochs = DEFAULT_EPOCHS
         self.cluster.train(dataRDD, num_epochs=num_epochs, feed_timeout=feed_timeout, qname=qname)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from tfos import _constants as C
+from tfos.compat._unsupported import module_getattr
 from tfos.errors import FeedDataError, TFOSConfigError
 from tfos.feed._columns import is_multi_field, pack
 from tfos.feed._feeder import result_rows
@@ -24,6 +25,13 @@ from tfos.feed._hub import Chunk, FeedQueue
 from tfos.feed._protocol import column_spec
 
 __all__ = ["TFManager", "connect", "start"]
+
+__getattr__, __dir__ = module_getattr(__name__, {
+    "mgr": "It was the manager process's own instance: use the manager TFManager.start(...) returns, or ctx.mgr.",
+    "qdict": "It held that process's queues: use get_queue(name) of the manager from TFManager.start(...) or ctx.mgr.",
+    "kdict": "It held that process's values: use get(key) / set(key, value) of the manager from "
+             "TFManager.start(...) or ctx.mgr.",
+})
 
 
 class TFManager:

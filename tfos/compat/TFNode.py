@@ -7,14 +7,20 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from tfos.compat._unsupported import export_saved_model, start_cluster_server, tensorflow_version
 from tfos.compat.TFManager import TFManager
 from tfos.errors import TFOSConfigError
 from tfos.executor._context import NodeContext
 from tfos.feed._datafeed import DataFeed as _NativeDataFeed
 
-__all__ = ["DataFeed", "TFNodeContext", "batch_results", "hdfs_path", "next_batch", "release_port", "terminate"]
+__all__ = ["DataFeed", "TFNodeContext", "TF_VERSION", "batch_results", "export_saved_model", "hdfs_path", "logger",
+           "next_batch", "release_port", "start_cluster_server", "terminate"]
 
 log = logging.getLogger(__name__)
+logger = log  # TensorFlowOnSpark's name
+
+#: The installed TensorFlow's version (read from package metadata; TensorFlow is not imported).
+TF_VERSION = tensorflow_version()
 
 #: Filesystem schemes returned unchanged by hdfs_path (Hadoop 3's, as TensorFlowOnSpark lists them).
 HADOOP_SCHEMES = ("adl://", "file://", "hdfs://", "oss://", "s3://", "s3a://", "s3n://", "swift://", "viewfs://",

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 from tfos.errors import TFOSConfigError
 
-__all__ = ["run"]
+__all__ = ["logger", "run"]
+
+logger = logging.getLogger(__name__)
 
 
 def run(sc: Any, map_fn: Any, tf_args: Any, num_executors: int, use_barrier: bool = True) -> None:

@@ -9,9 +9,21 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from tfos.ml._tfrecord import from_example, infer_schema, load_tfrecords, loaded_from, save_tfrecords, to_example
+from tfos.ml._tfrecord import (
+    _LOADED,
+    from_example,
+    infer_schema,
+    load_tfrecords,
+    loaded_from,
+    save_tfrecords,
+    to_example,
+)
 
-__all__ = ["fromTFExample", "infer_schema", "isLoadedDF", "loadTFRecords", "saveAsTFRecords", "toTFExample"]
+__all__ = ["fromTFExample", "infer_schema", "isLoadedDF", "loadTFRecords", "loadedDF", "saveAsTFRecords",
+           "toTFExample"]
+
+#: DataFrame -> the directory loadTFRecords read it from (weakly keyed: forgotten with the DataFrame).
+loadedDF = _LOADED  # noqa: N816 - TensorFlowOnSpark's name
 
 
 def isLoadedDF(df: Any) -> bool:  # noqa: N802 - TensorFlowOnSpark's names

@@ -24,11 +24,26 @@ from typing import Any
 
 from tfos import _constants as C
 from tfos._rpc import ControlClient, serve
+from tfos.compat._unsupported import module_getattr
 from tfos.errors import AuthError, ProtocolError, ReservationTimeoutError, TFOSConfigError, TFOSError
 
-__all__ = ["Client", "Reservations", "Server", "ServerAddress"]
+__all__ = ["Client", "Reservations", "Server", "ServerAddress", "TFOS_SERVER_HOST", "TFOS_SERVER_PORT", "logger"]
 
 log = logging.getLogger(__name__)
+logger = log  # TensorFlowOnSpark's name
+
+#: The environment variables that choose the server's host and port (or port range), as in TFoS.
+TFOS_SERVER_HOST = C.SERVER_HOST[0]
+TFOS_SERVER_PORT = C.SERVER_PORT[0]
+
+__getattr__, __dir__ = module_getattr(__name__, {
+    "BUFSIZE": "It sized reads from TFoS's pickle-over-TCP socket; tfos's reservation calls are authenticated "
+               "gRPC messages, with no buffer to tune.",
+    "MAX_RETRIES": "It bounded TFoS's socket reconnects; tfos's Client calls are bounded by "
+                   "await_reservations(timeout) and the server's reservation_timeout.",
+    "MessageSocket": "It sent pickled messages over raw sockets, which tfos never unpickles: use "
+                     "reservation.Client / Server, whose calls are authenticated JSON.",
+})
 
 #: Seconds the server holds a client's ``await_reservations`` call before it asks again.
 _HOLD_SECS = 2.0
