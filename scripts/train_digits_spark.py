@@ -1,10 +1,11 @@
 """Spark-fed training and inference on scikit-learn's digits (driver script, InputMode.SPARK).
 
-The driver turns the digits into an RDD of (features, label) rows and streams it into
-two MultiWorkerMirroredStrategy nodes (``cluster.train``), which fit a Keras model from
-``DataFeed.as_dataset``; the chief exports a SavedModel. A second cluster loads that
-model on each node and answers ``cluster.inference`` on the test rows; the driver
-computes the accuracy from the returned RDD.
+The driver turns the digits into a DataFrame of (features, label) rows and streams it
+into two MultiWorkerMirroredStrategy nodes (``cluster.train``), which fit a Keras model
+from ``DataFeed.as_dataset``, reporting their progress to the driver's live view; the
+chief exports a SavedModel. A second cluster loads that model on each node and answers
+``cluster.inference`` on the test rows; the driver computes the accuracy from the
+returned predictions. This is the README's main job (``./scripts/demo.sh``).
 
     python scripts/train_digits_spark.py              # starts local-cluster[2,1,1024] itself
     tfos submit --master local-cluster[2,1,1024] scripts/train_digits_spark.py --epochs 20
@@ -29,12 +30,14 @@ def train_fun(args, ctx):
     """Chief and workers fit from the rows Spark feeds them; the chief exports the model."""
     import tensorflow as tf
 
+    from tfos.keras import progress_callback
+
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
         model = build_model()
     # One pass = one epoch fed by train(); under MWMS a batch is split across the workers.
     dataset = ctx.get_data_feed().as_dataset(args.batch_size * ctx.num_workers)
-    model.fit(dataset, epochs=args.epochs, verbose=2)
+    model.fit(dataset, epochs=args.epochs, verbose=0, callbacks=[progress_callback(ctx)])
     export(model, ctx, args.export_dir)
 
 
@@ -45,9 +48,12 @@ def infer_fun(args, ctx):
 
     model = tf.keras.models.load_model(args.export_dir)
     feed = ctx.get_data_feed(train_mode=False)
+    answered = 0
     while (batch := feed.next_batch_arrays(256)) is not None:
         features = batch[0]
         feed.batch_results(np.argmax(model.predict_on_batch(features), axis=1))
+        answered += len(features)
+        ctx.report(answered=answered)
 
 
 def parse_args(argv=None):
@@ -62,22 +68,25 @@ def parse_args(argv=None):
 
 def main(argv=None) -> float:
     from pyspark import cloudpickle
+    from pyspark.sql import SparkSession
 
     import tfos
 
     cloudpickle.register_pickle_by_value(train_digits)  # executors need not find scripts/
     args = parse_args(argv)
     sc = spark_context("tfos-digits-spark", args.master, f"local-cluster[{args.cluster_size},1,1024]")
+    spark = SparkSession(sc)
     (x_train, y_train), (x_test, y_test) = load_digits_split()
-    train_rdd = sc.parallelize(list(zip(x_train, y_train.tolist())), 4)
-    test_rdd = sc.parallelize([(x,) for x in x_test], 4)
+    train_df = spark.createDataFrame([(x.tolist(), int(y)) for x, y in zip(x_train, y_train)],
+                                     "features array<float>, label long").repartition(4)
+    test_df = spark.createDataFrame([(x.tolist(),) for x in x_test], "features array<float>")
     try:
         with tfos.run(sc, train_fun, args, args.cluster_size, input_mode=tfos.InputMode.SPARK,
                       reservation_timeout=120) as cluster:
-            cluster.train(train_rdd, num_epochs=args.epochs)
+            cluster.train(train_df, num_epochs=args.epochs)
         with tfos.run(sc, infer_fun, args, args.cluster_size, input_mode=tfos.InputMode.SPARK,
                       reservation_timeout=120) as cluster:
-            predictions = cluster.inference(test_rdd).collect()  # one per row, in order
+            predictions = cluster.inference(test_df).collect()  # one per row, in order
         accuracy = sum(int(p) == int(y) for p, y in zip(predictions, y_test)) / len(y_test)
         print(f"test accuracy: {accuracy:.4f}", flush=True)
         return accuracy

@@ -43,6 +43,7 @@ class ClusterConfig:
     max_restarts: int = 0
     num_gpus: int = 0
     progress: bool | None = None
+    keras: int | None = None
 
     def __post_init__(self) -> None:
         if not callable(self.main_fun):
@@ -71,6 +72,9 @@ class ClusterConfig:
                 "max_restarts needs input_mode=InputMode.TENSORFLOW: with InputMode.SPARK the rows fed before a "
                 "failure cannot be replayed into restarted nodes. Catch NodeFailedError and run again instead."
             )
+        if self.keras not in (None, 2, 3):
+            raise TFOSConfigError(f"keras must be 2 (tf-keras), 3 (Keras 3) or None (tf-keras unless the executors' "
+                                  f"TF_USE_LEGACY_KERAS says otherwise); got {self.keras!r}")
         if self.progress not in (None, True, False):
             raise TFOSConfigError(f"progress must be None (a live view on a terminal), True or False; "
                                   f"got {self.progress!r}")

@@ -12,12 +12,14 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import psutil
 import pytest
 
 from tests.conftest import ROOT
 from tests.integration.conftest import node_processes
+from tests.integration.test_reservation import JOB, cli, reserve_detached
 
 pytestmark = pytest.mark.slow
 
@@ -113,3 +115,20 @@ def test_nodes_use_exactly_the_gpus_spark_assigned(standalone, tmp_path):
            conf=["spark.executor.resource.gpu.amount=1", "spark.task.resource.gpu.amount=1"])
     for role in ("chief", "worker"):
         assert json.loads((tmp_path / f"{role}.json").read_text()) == FAKE_GPU
+
+
+def test_reserve_on_the_standalone_cluster(standalone, tmp_path, no_leftovers):
+    handle = tmp_path / "sa.handle"
+    reserve_detached(handle, standalone, "--conf", "spark.executor.memory=1g")
+    try:
+        script = tmp_path / "job.py"
+        script.write_text(JOB)
+        started = time.monotonic()
+        for tag in ("a", "b"):
+            ran = cli("run", str(handle), str(script), str(tmp_path), tag)
+            assert ran.returncode == 0, ran.stderr[-3000:]
+        assert time.monotonic() - started < 120
+        assert len(list(tmp_path.glob("[ab]-*.json"))) == 4
+    finally:
+        assert cli("release", str(handle)).returncode == 0
+    assert not handle.exists()

@@ -16,6 +16,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -55,6 +56,7 @@ def add_commands(commands: Any) -> None:
     run = commands.add_parser("run", help="run SCRIPT's main_fun(args, ctx) on every node (like srun)",
                               description="Imports SCRIPT.py, which defines main_fun(args, ctx), and runs it on "
                                           "every node of the reservation with args = the list of ARGS.")
+    run.add_argument("--keras", type=int, choices=(2, 3), help="tf.keras on the nodes: 2 (tf-keras, default) or 3")
     run.add_argument("handle", metavar="HANDLE")
     run.add_argument("script", metavar="SCRIPT.py")
     run.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
@@ -166,7 +168,7 @@ def spark_settings(args: argparse.Namespace) -> dict[str, str]:
 
 def check_master(master: str) -> None:
     """A clear error for a master URL Spark would not take, or a standalone master that does not answer."""
-    if not master.startswith(("local", "spark://", "yarn", "k8s://", "mesos://")):
+    if not re.match(r"^(local(\[[^]]*\])?|local-cluster\[[^]]*\]|spark://.+|yarn|k8s://.+)$", master):
         raise TFOSConfigError(f"--master {master!r} is not a Spark master URL (spark://HOST:PORT, yarn, "
                               "k8s://..., local-cluster[N,CORES,MB] or local[N])")
     if master.startswith("spark://"):
@@ -297,7 +299,7 @@ def run_script(args: argparse.Namespace) -> int:
     main_fun = load_main_fun(args.script)
     with attach(args.handle) as cluster:
         started = time.monotonic()
-        cluster.run(main_fun, list(args.args))
+        cluster.run(main_fun, list(args.args), keras=args.keras)
     print(f"tfos run: {args.script} finished on every node in {time.monotonic() - started:.1f}s")
     return OK
 

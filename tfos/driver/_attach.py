@@ -78,11 +78,13 @@ class AttachedCluster:
     def cluster_spec(self) -> dict[str, list[str]]:
         return self.handle.cluster_spec
 
-    def run(self, main_fun: Callable[[Any, Any], Any], args: Any = None, timeout: float | None = None) -> None:
+    def run(self, main_fun: Callable[[Any, Any], Any], args: Any = None, timeout: float | None = None,
+            keras: int | None = None) -> None:
         """Runs ``main_fun(args, ctx)`` on every node of the reservation and waits for it to end.
 
         Each run starts fresh node processes on the held executors, with the same roles,
         TF_CONFIG and ports as the first. The nodes read their own data (InputMode.TENSORFLOW).
+        ``keras`` (2 or 3) chooses what ``tf.keras`` is on the nodes, as in ``tfos.run``.
 
         Raises:
             NodeError: main_fun raised on a node (with its role, host and remote traceback).
@@ -93,11 +95,14 @@ class AttachedCluster:
         from tfos.driver._cluster import _pickle_main
         from tfos.executor._bootstrap import sign
 
+        if keras not in (None, 2, 3):
+            raise TFOSConfigError(f"keras must be 2, 3 or None; got {keras!r}")
         blob = _pickle_main(main_fun, args)
         if len(blob) > MAX_MAIN_BYTES:
             raise TFOSConfigError(f"main_fun and args pickle to {len(blob) >> 20} MiB; a run sends at most "
                                   f"{MAX_MAIN_BYTES >> 20} MiB: let main_fun read its data instead of capturing it")
-        reply = self._call("Submit", {"main": base64.b64encode(blob).decode(), "mac": sign(blob, self.handle.secret)})
+        reply = self._call("Submit", {"main": base64.b64encode(blob).decode(), "mac": sign(blob, self.handle.secret),
+                                      "keras": keras})
         if not reply.get("ok"):
             raise TFOSError(f"reservation {self.handle.name!r} refused the run: {reply.get('reason')}")
         run = reply["run"]

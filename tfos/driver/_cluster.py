@@ -40,7 +40,7 @@ def run(sc: SparkContext, main_fun: Callable[[Any, Any], Any], tf_args: Any, num
         tensorboard: bool = False, input_mode: InputMode = InputMode.TENSORFLOW, log_dir: str | None = None,
         master_node: str | None = "chief", eval_node: bool = False, reservation_timeout: float = 600,
         release_port: bool = True, max_restarts: int = 0, num_gpus: int = 0,
-        progress: bool | None = None) -> Cluster:
+        progress: bool | None = None, keras: int | None = None) -> Cluster:
     """Starts a TensorFlow cluster with one node per Spark executor.
 
     Args:
@@ -68,6 +68,9 @@ def run(sc: SparkContext, main_fun: Callable[[Any, Any], Any], tf_args: Any, num
             the cluster runs: a live table when stderr is a terminal (None, the default, or
             True), a log line per node every ``TFOS_PROGRESS_INTERVAL_SECS`` otherwise;
             False turns it off. A summary table is shown at shutdown either way.
+        keras: what ``tf.keras`` is on the nodes: 2 (tf-keras, ``TF_USE_LEGACY_KERAS=1``) or 3
+            (Keras 3, TensorFlow's own default; train it with ``tfos.keras``). None: tf-keras
+            unless the executors' environment sets ``TF_USE_LEGACY_KERAS``.
 
     Returns:
         The running Cluster; also a context manager that shuts it down on exit.
@@ -80,7 +83,8 @@ def run(sc: SparkContext, main_fun: Callable[[Any, Any], Any], tf_args: Any, num
     config = ClusterConfig(main_fun=main_fun, num_executors=num_executors, num_ps=num_ps, tensorboard=tensorboard,
                            input_mode=input_mode, log_dir=log_dir, master_node=master_node, eval_node=eval_node,
                            reservation_timeout=reservation_timeout, release_port=release_port,
-                           max_restarts=max_restarts, num_gpus=num_gpus, progress=progress)
+                           max_restarts=max_restarts, num_gpus=num_gpus, progress=progress,
+                           keras=keras)
     cluster = Cluster(sc, config, tf_args)
     _exit_on_sigterm()
     cluster._start()
@@ -101,7 +105,7 @@ class Cluster:
             template=self.template, input_mode=int(config.input_mode), tensorboard=config.tensorboard,
             log_dir=config.log_dir, release_port=config.release_port,
             reservation_timeout=float(config.reservation_timeout), default_fs=_spark.default_fs(sc), main=main,
-            num_gpus=config.num_gpus))
+            num_gpus=config.num_gpus, keras=config.keras))
         self._supervisor = Supervisor(self.template, secrets.token_hex(16), jobs, local_mode=local_mode,
                                       hosts=_spark.server_hosts(sc), reservation_timeout=config.reservation_timeout,
                                       max_restarts=config.max_restarts)
@@ -150,7 +154,8 @@ class Cluster:
                 return f"http://{node['host']}:{node['tb_port']}"
         return None
 
-    def train(self, data: Any, num_epochs: int = 1, feed_timeout: float = 600, qname: str = "input") -> None:
+    def train(self, data: Any, num_epochs: int = 1, feed_timeout: float = 600, qname: str = "input",
+              checkpoint_location: str | None = None) -> None:
         """Feeds ``data`` to the chief and workers ``num_epochs`` times (InputMode.SPARK).
 
         Each epoch is one Spark job; every row reaches exactly one node once per epoch,
@@ -159,12 +164,20 @@ class Cluster:
         their buffers) or early, after the current epoch, once a node called
         ``DataFeed.terminate()``.
 
+        A Structured Streaming DataFrame is fed as it arrives, as one epoch, each
+        micro-batch once, until the stream ends, ``shutdown()`` is called (from another
+        thread) or a node terminates the queue; its query is stopped with the cluster.
+
         Args:
-            data: an RDD of rows (tuples, lists, numpy arrays, numbers) or a DataFrame.
+            data: an RDD of rows (tuples, lists, numpy arrays, numbers), a DataFrame, or a
+                streaming DataFrame.
             num_epochs: passes over ``data``.
             feed_timeout: seconds a node may go without taking data before
                 FeedTimeoutError is raised.
             qname: the queue to feed; nodes read it with ``ctx.get_data_feed(qname_in=...)``.
+            checkpoint_location: for a streaming DataFrame, the query's checkpoint directory
+                (any Hadoop filesystem); restarting ``train`` with the same one resumes the
+                stream and never feeds a micro-batch twice. Default: a temporary directory.
 
         Raises:
             FeedDataError: a row does not fit its batch (names the partition and row).
@@ -172,7 +185,7 @@ class Cluster:
             NodeError: a node's main_fun failed while being fed.
         """
         self._require_spark_mode("train")
-        self._feeding.train(data, num_epochs, feed_timeout, qname)
+        self._feeding.train(data, num_epochs, feed_timeout, qname, checkpoint_location)
 
     def inference(self, data: Any, feed_timeout: float = 600, qname: str = "input") -> Any:
         """Feeds ``data`` to the nodes and returns an RDD of their results (InputMode.SPARK).

@@ -4,6 +4,11 @@
 columns to the nodes, runs one feeding job per epoch (labelled "tfos feed 'input' epoch
 2/5" in the Spark UI) and turns a feeding failure into the error that explains it: the
 node's own failure when a node broke the feed, else the feed error a task reported.
+
+A Structured Streaming DataFrame is fed as one long epoch, one feeding job per
+micro-batch (``foreachBatch``), until the stream ends, ``shutdown()`` is called or a node
+terminates the queue. The last micro-batch fed is recorded beside the query's checkpoint,
+so a query restarted from it never feeds a micro-batch twice.
 """
 
 from __future__ import annotations
@@ -37,14 +42,22 @@ class Feeding:
         self.supervisor = supervisor
         self._epochs: dict[str, int] = {}
         self._schemas: dict[str, dict[str, Any]] = {}
+        self._queries: list[Any] = []
+        supervisor.on_teardown(self.stop_streams)
 
     def consumer_ids(self) -> list[int]:
         return [eid for eid, (job, _) in sorted(self.supervisor.template.items()) if job in FEEDING_JOBS]
 
-    def train(self, data: Any, num_epochs: int, feed_timeout: float, qname: str) -> None:
+    def train(self, data: Any, num_epochs: int, feed_timeout: float, qname: str,
+              checkpoint_location: str | None = None) -> None:
         if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
             raise TFOSConfigError(f"num_epochs must be an integer >= 1; got {num_epochs!r}")
         self._require_running("train", feed_timeout)
+        if _spark.is_streaming(data):
+            if num_epochs != 1:
+                raise TFOSConfigError("a streaming DataFrame is fed once, as it arrives: leave num_epochs at 1")
+            self._train_stream(data, feed_timeout, qname, checkpoint_location)
+            return
         rdd, arrow = _spark.as_rdd(data)
         if not self._announce(qname, rdd, arrow):
             return
@@ -65,6 +78,58 @@ class Feeding:
         self._announce(qname, rdd, arrow)
         return rdd.mapPartitionsWithIndex(self._feeder(qname, None, feed_timeout, arrow)).setName(
             f"tfos inference {qname!r}")
+
+    def _train_stream(self, df: Any, feed_timeout: float, qname: str, checkpoint: str | None) -> None:
+        """Feeds each micro-batch of a streaming DataFrame once; see the module docstring."""
+        import tempfile
+
+        sup = self.supervisor
+        checkpoint = checkpoint or tempfile.mkdtemp(prefix="tfos-stream-")
+        marker = f"{checkpoint.rstrip('/')}/tfos-fed-{qname}"
+        last_fed = int(_spark.read_text(self.sc, marker) or -1)
+        epoch = self._epochs.get(qname, 0)
+        self._epochs[qname] = epoch + 1
+        errors: list[BaseException] = []
+
+        def feed(batch: Any, batch_id: int) -> None:
+            nonlocal last_fed
+            if batch_id <= last_fed or errors or sup.server.terminated(qname):
+                return  # fed before the query restarted, or the feed is over
+            try:
+                rdd, arrow = _spark.as_rdd(batch)
+                if self._announce(qname, rdd, arrow):
+                    feeder = self._feeder(qname, epoch, feed_timeout, arrow)
+                    self._run_job(lambda: rdd.mapPartitionsWithIndex(feeder).collect(), qname,
+                                  f"tfos feed {qname!r} stream batch {batch_id}")
+                _spark.write_text(self.sc, marker, str(batch_id))
+                last_fed = batch_id
+            except BaseException as exc:
+                errors.append(exc)
+                raise
+
+        query = _spark.start_stream(df, feed, checkpoint, f"tfos feed {qname!r}")
+        self._queries.append(query)
+        try:
+            while query.isActive and not errors and not sup.server.terminated(qname) and sup.failure is None \
+                    and sup.state is ClusterState.RUNNING:
+                query.awaitTermination(0.5)
+        finally:
+            query.stop()
+        if errors:
+            raise errors[0]
+        if sup.failure is not None:
+            sup.mark_failure_raised()
+            raise sup.failure
+        _spark.raise_stream_error(query)
+        sup.server.post({"type": "feed_end", "qname": qname, "epoch": epoch}, self.consumer_ids())
+
+    def stop_streams(self) -> None:
+        """Stops every streaming query still feeding the cluster (at teardown)."""
+        for query in self._queries:
+            try:
+                query.stop()
+            except Exception:  # noqa: BLE001 - teardown goes on
+                log.debug("stopping a streaming query failed", exc_info=True)
 
     def close(self) -> None:
         """Tells every fed node that no more data comes, so ``should_stop()`` turns true."""

@@ -32,7 +32,8 @@ class Rates:
         with self._lock:
             then, before, rate = self._last.get(role, (now, rows, 0.0))
             if rows < before:  # a new generation or run counts from zero
-                then, before = now, rows
+                self._last[role] = (now, rows, 0.0)
+                return 0.0
             if now - then >= 0.5:
                 rate = (rows - before) / (now - then)
                 self._last[role] = (now, rows, rate)

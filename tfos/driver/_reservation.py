@@ -172,7 +172,9 @@ class Reservation:
             run = Run(uuid.uuid4().hex[:12], time.monotonic())
             self._runs[run.id] = run
             self._current = run
-        self._supervisor.server.begin_run({"type": "launch", "run": run.id, "main": data, "mac": mac})
+        keras = msg.get("keras")
+        self._supervisor.server.begin_run({"type": "launch", "run": run.id, "main": data, "mac": mac,
+                                           "keras": keras if keras in (2, 3) else None})
         threading.Thread(target=self._drive, args=(run,), name=f"tfos-run-{run.id}", daemon=True).start()
         log.info("run %s submitted", run.id)
         return {"ok": True, "run": run.id}

@@ -135,6 +135,57 @@ def as_rdd(data: Any) -> tuple[Any, bool]:
     raise TFOSConfigError(f"data must be a pyspark RDD or DataFrame; got {type(data).__name__}")
 
 
+def is_streaming(data: Any) -> bool:
+    """True for a Structured Streaming DataFrame."""
+    from pyspark.sql import DataFrame
+
+    return isinstance(data, DataFrame) and data.isStreaming
+
+
+def start_stream(df: Any, on_batch: Callable[[Any, int], None], checkpoint: str, name: str) -> Any:
+    """Starts a streaming query that calls ``on_batch(batch_df, batch_id)`` for each micro-batch."""
+    return df.writeStream.foreachBatch(on_batch).option("checkpointLocation", checkpoint).queryName(
+        re.sub(r"\W+", "_", name)).start()
+
+
+def raise_stream_error(query: Any) -> None:
+    """Raises a stopped query's failure as a TFOSError, if it failed."""
+    from tfos.errors import TFOSError
+
+    error = query.exception()
+    if error is not None:
+        raise TFOSError(f"the streaming query feeding the cluster failed: {short_error(error)}")
+
+
+def read_text(sc: SparkContext, path: str) -> str | None:
+    """A small file's text on any Hadoop filesystem (None if missing)."""
+    jvm = sc._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    fs = hpath.getFileSystem(sc._jsc.hadoopConfiguration())
+    if not fs.exists(hpath):
+        return None
+    stream = fs.open(hpath)
+    try:
+        return jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
+    finally:
+        stream.close()
+
+
+def write_text(sc: SparkContext, path: str, text: str) -> None:
+    """Replaces a small file on any Hadoop filesystem (write then rename)."""
+    jvm = sc._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    tmp = jvm.org.apache.hadoop.fs.Path(path + ".tmp")
+    fs = hpath.getFileSystem(sc._jsc.hadoopConfiguration())
+    out = fs.create(tmp, True)
+    try:
+        out.write(bytearray(text.encode()))
+    finally:
+        out.close()
+    fs.delete(hpath, False)
+    fs.rename(tmp, hpath)
+
+
 def short_error(exc: BaseException) -> str:
     """The Python error inside a Py4J / Spark failure, without the JVM stack."""
     text = str(exc)

@@ -67,6 +67,7 @@ class NodePayload:
     fds: dict[str, int]
     executor_pid: int | None
     log_offset: int
+    keras: int | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class NodeLauncher:
     main: bytes
     num_gpus: int = 0
     hold: bool = False
+    keras: int | None = None
 
     def __call__(self, partition: Iterator[Any]) -> Iterator[int]:
         from pyspark import TaskContext
@@ -138,7 +140,7 @@ class NodeLauncher:
             executor_id=executor_id, job_name=job_name, task_index=task_index, cluster_spec=spec,
             cluster_info=info, default_fs=self.default_fs, input_mode=self.input_mode,
             tensorboard="tb" in sockets, log_dir=self.log_dir, release_port=self.release_port, main=self.main,
-            fds={}, executor_pid=executor_pid, log_offset=0,
+            fds={}, executor_pid=executor_pid, log_offset=0, keras=self.keras,
         )
         if self.hold:
             self._hold(client, payload, sockets)
@@ -184,7 +186,7 @@ class NodeLauncher:
                         if not sockets:  # the last run's node had them; its ports are the cluster's
                             sockets = {name: _bind_tcp(ports=range(port, port + 1), reuse=True)
                                        for name, port in ports.items()}
-                        proc = self._start(replace(payload, main=main), sockets)
+                        proc = self._start(replace(payload, main=main, keras=event.get("keras")), sockets)
                     except (TFOSError, OSError) as exc:  # this run fails; the reservation holds on
                         for s in sockets.values():
                             s.close()
@@ -367,7 +369,9 @@ def _start_node(payload: NodePayload, config: dict[str, Any], cuda_devices: str 
     env["TF_CONFIG"] = json.dumps(config)
     # The node imports the user's modules from the same places as this Python worker.
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    # tf.keras multi-worker fit works with Keras 2 (tf-keras) only; see README.
+    # What tf.keras is: tf-keras unless asked otherwise (tfos.run(keras=...), or the executors' env).
+    if payload.keras is not None:
+        env["TF_USE_LEGACY_KERAS"] = "1" if payload.keras == 2 else "0"
     env.setdefault("TF_USE_LEGACY_KERAS", "1")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     env["PYTHONUNBUFFERED"] = "1"  # print() lines reach the log, and the driver, as they happen

@@ -76,6 +76,7 @@ class Node:
         if p.release_port:
             ctx.release_port()
         self._main_running = True
+        self.report("running")
         try:
             import cloudpickle
 
