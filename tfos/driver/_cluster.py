@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 def run(sc: SparkContext, main_fun: Callable[[Any, Any], Any], tf_args: Any, num_executors: int, num_ps: int = 0,
         tensorboard: bool = False, input_mode: InputMode = InputMode.TENSORFLOW, log_dir: str | None = None,
         master_node: str | None = "chief", eval_node: bool = False, reservation_timeout: float = 600,
@@ -184,6 +185,8 @@ class Cluster:
             FeedTimeoutError: a node stopped consuming.
             NodeError: a node's main_fun failed while being fed.
         """
+        if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
+            raise TFOSConfigError(f"num_epochs must be an integer >= 1; got {num_epochs!r}")
         self._require_spark_mode("train")
         self._feeding.train(data, num_epochs, feed_timeout, qname, checkpoint_location)
 

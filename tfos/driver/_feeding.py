@@ -50,8 +50,6 @@ class Feeding:
 
     def train(self, data: Any, num_epochs: int, feed_timeout: float, qname: str,
               checkpoint_location: str | None = None) -> None:
-        if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
-            raise TFOSConfigError(f"num_epochs must be an integer >= 1; got {num_epochs!r}")
         self._require_running("train", feed_timeout)
         if _spark.is_streaming(data):
             if num_epochs != 1:

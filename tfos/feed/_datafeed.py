@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from tfos.errors import TFOSError
-from tfos.feed._columns import rows_from_columns
+from tfos.errors import FeedDataError, TFOSError
+from tfos.feed._columns import VAR_KINDS, Column, as_array, concat, result_column, rows_from_columns
 from tfos.feed._hub import CLOSED, EPOCH_END, FeedQueue
 
 #: as_dataset's generator hands TensorFlow this many batches per Python call; tf.data splits them.
@@ -20,6 +20,10 @@ class DataFeed:
     TensorFlowOnSpark's methods (``next_batch``, ``should_stop``, ``batch_results``,
     ``terminate``) work unchanged; ``next_batch_arrays`` and ``as_dataset`` skip the
     per-row Python objects and are the fast paths.
+
+    Binary and string fields arrive byte-exact, as fed: ``bytes`` (binary, also when fed
+    as ``bytearray``) and ``str`` values in ``next_batch`` rows, object arrays of them in
+    ``next_batch_arrays``, ``tf.string`` tensors (raw bytes, UTF-8 for text) in ``as_dataset``.
     """
 
     def __init__(self, hub: Any, queue: FeedQueue, qname_out: str = "output", train_mode: bool = True,
@@ -53,8 +57,10 @@ class DataFeed:
     def batch_results(self, results: Any) -> None:
         """Sends inference results back, one per input row, in the order rows were read.
 
-        ``results`` is a sequence or array with one entry (number, string or array) per
-        row; a tuple or list of arrays of equal length is taken as several output columns.
+        ``results`` is a sequence or array with one entry (number, bytes, str or array) per
+        row; a tuple of arrays of equal length is taken as several output columns. bytes and
+        str results (or object arrays of them, e.g. a ``tf.string`` tensor's ``.numpy()``)
+        come back to Spark byte-exact.
         """
         columns = _result_columns(results)
         self._queue.answer(columns, len(columns[0]), self.qname_out)
@@ -70,7 +76,10 @@ class DataFeed:
 
     # ---- fast paths ------------------------------------------------------------------------
     def next_batch_arrays(self, batch_size: int) -> list[np.ndarray] | None:
-        """Up to ``batch_size`` rows as one numpy array per column; None at the end of the feed."""
+        """Up to ``batch_size`` rows as one numpy array per column; None at the end of the feed.
+
+        Binary and string columns come as object arrays of ``bytes`` / ``str``.
+        """
         if self._done:
             return None
         pieces, why = self._queue.take(batch_size, within_epoch=False)
@@ -99,7 +108,8 @@ class DataFeed:
         schema = self._queue.wait_schema()
         if schema is None:
             raise TFOSError(f"queue {self._queue.name!r} closed before any data arrived")
-        specs = [tf.TensorSpec((None, *col["shape"][1:]), tf.as_dtype(np.dtype(col["dtype"])))
+        specs = [tf.TensorSpec((None, *col["shape"][1:]),
+                               tf.string if col["dtype"] in VAR_KINDS else tf.as_dtype(np.dtype(col["dtype"])))
                  for col in schema["cols"]]
         queue, mapped = self._queue, self.input_mapping
 
@@ -107,7 +117,7 @@ class DataFeed:
             while True:
                 pieces, why = queue.take(batch_size * BATCHES_PER_CALL, within_epoch=True)
                 if pieces:
-                    columns = _assemble(pieces, schema)
+                    columns = _assemble(pieces, schema, decode=False)
                     yield self._mapped(columns) if mapped else (tuple(columns) if len(columns) > 1 else columns[0])
                 if why in (EPOCH_END, CLOSED) and not (why == EPOCH_END and pieces):
                     return
@@ -137,26 +147,35 @@ class DataFeed:
         return dict(zip(mapping, columns))
 
 
-def _assemble(pieces: list[tuple[Any, int, int]], schema: dict[str, Any] | None = None) -> list[np.ndarray]:
+def _assemble(pieces: list[tuple[Any, int, int]], schema: dict[str, Any] | None = None,
+              decode: bool = True) -> list[np.ndarray]:
+    """The rows of ``pieces`` as one array per column; binary / string columns as object arrays of
+    bytes / str (bytes only, for TensorFlow, without ``decode``)."""
     width = len(pieces[0][0].columns)
     if len(pieces) == 1:
         chunk, a, b = pieces[0]
-        columns = [c[a:b] for c in chunk.columns]
+        # the type test keeps numeric columns on the fast path: a slice, no call
+        columns = [c[a:b] if type(c) is np.ndarray else as_array(c[a:b], decode) for c in chunk.columns]
     else:
-        columns = [np.concatenate([chunk.columns[j][a:b] for chunk, a, b in pieces]) for j in range(width)]
+        columns = [as_array(concat([chunk.columns[j][a:b] for chunk, a, b in pieces]), decode) for j in range(width)]
     if schema is not None:
-        columns = [c if c.dtype.str == spec["dtype"] else c.astype(spec["dtype"])
+        # a later partition may carry other numeric dtypes than the first: TensorFlow wants the announced one
+        columns = [c if spec["dtype"] in VAR_KINDS or c.dtype.str == spec["dtype"] else c.astype(spec["dtype"])
                    for c, spec in zip(columns, schema["cols"])]
     return columns
 
 
-def _result_columns(results: Any) -> list[np.ndarray]:
-    if isinstance(results, tuple) and results and all(isinstance(r, np.ndarray) for r in results):
-        columns = list(results)
-    else:
-        columns = [np.asarray(results)]
-    if any(c.dtype.hasobject for c in columns):
-        raise TFOSError("batch_results needs numbers, strings or equal-shaped arrays, one per input row")
+def _result_columns(results: Any) -> list[Column]:
+    parts = list(results) if isinstance(results, tuple) and results and all(
+        isinstance(r, np.ndarray) for r in results) else [results]
+    try:
+        columns = [result_column(p) for p in parts]
+    except FeedDataError as exc:
+        detail = str(exc).split(": ", 1)[-1]
+        raise TFOSError(f"batch_results, result {getattr(exc, 'row', '?')}: {detail}; give one number, bytes, "
+                        "str or equal-shaped array per input row") from None
+    if any(isinstance(c, np.ndarray) and (c.dtype.hasobject or c.ndim == 0) for c in columns):
+        raise TFOSError("batch_results needs numbers, bytes, strings or equal-shaped arrays, one per input row")
     if any(len(c) != len(columns[0]) for c in columns):
         raise TFOSError("batch_results columns differ in length")
     return columns

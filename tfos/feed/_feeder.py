@@ -6,6 +6,12 @@ fed node, to a chief/worker over TCP), packs rows into column chunks of about
 ``TFOS_FEED_CHUNK_BYTES`` and streams them. In training it yields the number of rows
 the node acknowledged; in inference it yields the node's results, one per row, while
 a second thread keeps sending.
+
+Chunks are cut by the bytes they carry: a fixed-width row costs what its first row
+does, a row with bytes / str values (RDD rows, or a DataFrame's binary and string
+columns, sent as offsets + data without padding) what its values take, so a chunk of
+PNG files is bounded by its files' sizes. A DataFrame's column types are checked on
+the driver (:func:`check_dataframe_schema`) before any node sees data.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import operator
 import select
 import socket
 import threading
@@ -23,14 +30,26 @@ from typing import Any
 import numpy as np
 
 from tfos import _constants as C
-from tfos.errors import AuthError, FeedTimeoutError, TFOSError
+from tfos.errors import AuthError, FeedDataError, FeedTimeoutError, ProtocolError, TFOSError
 from tfos.executor._bootstrap import local_marker_path, unix_socket_path
-from tfos.feed._columns import is_multi_field, pack
+from tfos.feed._columns import (
+    BINARY,
+    STRING,
+    Column,
+    VarColumn,
+    check_dtype,
+    is_multi_field,
+    pack,
+    value_bytes,
+    var_kind,
+)
 from tfos.feed._protocol import column_spec, recv_frame, send_frame, widen_buffers
 
 log = logging.getLogger(__name__)
 
 MAX_CHUNK_ROWS = 1 << 16
+#: Rows with bytes / str values read ahead at most, to measure them before they join a chunk.
+READ_AHEAD_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -155,7 +174,7 @@ class Feeder:
         sender.join()
 
     # ---- shared ------------------------------------------------------------------------------
-    def _chunks(self, partition: int, rows: Iterator[Any]) -> Iterator[tuple[list[np.ndarray], dict[str, Any]]]:
+    def _chunks(self, partition: int, rows: Iterator[Any]) -> Iterator[tuple[list[Column], dict[str, Any]]]:
         if self.arrow:
             yield from _arrow_chunks(partition, rows)
             return
@@ -164,18 +183,14 @@ class Feeder:
         if first is None:
             return
         multi = is_multi_field(first)
-        row_bytes = sum(np.asarray(f).nbytes for f in (first if multi else [first])) or 1
-        per_chunk = max(1, min(MAX_CHUNK_ROWS, C.get_int(C.FEED_CHUNK_BYTES) // row_bytes))
         offset, expected, schema = 0, None, None
-        batch = [first, *itertools.islice(rows, per_chunk - 1)]
-        while batch:
+        for batch in _row_batches(first, rows, multi, C.get_int(C.FEED_CHUNK_BYTES)):
             columns = pack(batch, partition, offset, multi, expected)
             if schema is None:
                 expected = [column_spec(c) for c in columns]
                 schema = {"multi": multi, "names": None, "cols": expected}
             yield columns, schema
             offset += len(batch)
-            batch = list(itertools.islice(rows, per_chunk))
 
     def _report(self, kind: str, message: str, partition: int) -> None:
         from tfos._rpc import ControlClient
@@ -208,19 +223,96 @@ def _expect(frame: tuple[dict[str, Any], list[np.ndarray]] | None, consumer: Con
     return header
 
 
-def result_rows(columns: list[np.ndarray]) -> Iterator[Any]:
-    """Inference results as rows: values for one column, tuples for several."""
-    values = [c.tolist() if c.ndim == 1 else list(c) for c in columns]
+def _row_batches(first: Any, rows: Iterator[Any], multi: bool, budget: int) -> Iterator[list[Any]]:
+    """``first`` and ``rows`` in lists of about ``budget`` bytes (at most MAX_CHUNK_ROWS rows)."""
+    fields = first if multi else [first]
+    var = [j for j, value in enumerate(fields) if var_kind(value) is not None]
+    fixed = sum(np.asarray(value).nbytes for j, value in enumerate(fields) if j not in var)
+    if not var:  # the hot path: every row costs what the first does
+        per_chunk = max(1, min(MAX_CHUNK_ROWS, budget // (fixed or 1)))
+        batch = [first, *itertools.islice(rows, per_chunk - 1)]
+        while batch:
+            yield batch
+            batch = list(itertools.islice(rows, per_chunk))
+        return
+    # bytes / str values differ in size from row to row (think PNG files): a chunk takes the rows that fit,
+    # measured a block at a time in C (len) and read ahead no further than the rows expected to fill it
+    measure = _row_costs(var, multi, fixed, all(isinstance(fields[j], (bytes, bytearray, str)) for j in var))
+    batch: list[Any] = []
+    size, average = 0, 0.0
+    pending = [first]
+    while True:
+        if not pending:
+            want = 1 + int((budget - size) // average) if average else 1
+            pending = list(itertools.islice(rows, min(READ_AHEAD_ROWS, want)))
+            if not pending:
+                break
+        ends = np.cumsum(measure(pending))
+        average = float(ends[-1]) / len(pending)
+        fit = min(int(np.searchsorted(ends, budget - size, side="right")), MAX_CHUNK_ROWS - len(batch))
+        if fit == 0 and not batch:
+            fit = 1  # a value bigger than a chunk travels alone
+        if fit:
+            batch += pending[:fit]
+            size += int(ends[fit - 1])
+            pending = pending[fit:]
+        if pending or len(batch) >= MAX_CHUNK_ROWS:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _row_costs(var: list[int], multi: bool, fixed: int, scalar: bool) -> Any:
+    """A function: rows -> int64 array of the bytes each row takes in its chunk."""
+    length = len if scalar else value_bytes
+    getters = [operator.itemgetter(j) for j in var]
+
+    def measure(block: list[Any]) -> np.ndarray:
+        costs = np.full(len(block), fixed + (8 * len(var) if scalar else 0), np.int64)
+        try:
+            for get in getters:
+                costs += np.fromiter(map(length, map(get, block) if multi else block), np.int64, len(block))
+        except (IndexError, TypeError):  # a malformed row: pack() names it; a row's size is just a guess here
+            return np.full(len(block), fixed + 8 * len(var), np.int64)
+        return costs
+
+    return measure
+
+
+def _chunk_bounds(columns: list[Column], budget: int) -> list[tuple[int, int]]:
+    """Row ranges of ``columns`` of about ``budget`` bytes each (at least one row)."""
+    n = len(columns[0])
+    fixed = sum(c[:1].nbytes for c in columns if not isinstance(c, VarColumn))
+    var = [c for c in columns if isinstance(c, VarColumn)]
+    if not var:
+        step = max(1, budget // max(1, fixed))
+        return [(start, min(n, start + step)) for start in range(0, n, step)]
+    ends = np.cumsum(sum(c.row_bytes() for c in var) + fixed)
+    bounds, start = [], 0
+    while start < n:
+        base = int(ends[start - 1]) if start else 0
+        stop = min(n, max(start + 1, int(np.searchsorted(ends, base + budget, side="right"))))
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def result_rows(columns: list[Column]) -> Iterator[Any]:
+    """Inference results as rows: values for one column, tuples for several; binary results come back as bytes."""
+    values = [c.rows() if isinstance(c, VarColumn) else c.tolist() if c.ndim == 1 else list(c) for c in columns]
     if len(values) == 1:
         return iter(values[0])
     return zip(*values)
 
 
-def _arrow_chunks(partition: int, blobs: Iterator[bytes]) -> Iterator[tuple[list[np.ndarray], dict[str, Any]]]:
+def _arrow_chunks(partition: int, blobs: Iterator[bytes]) -> Iterator[tuple[list[Column], dict[str, Any]]]:
     """Column chunks from Arrow IPC streams (one per Arrow batch of a DataFrame partition)."""
     import pyarrow as pa
 
+    budget = C.get_int(C.FEED_CHUNK_BYTES)
     offset = 0
+    first: list[dict[str, Any]] | None = None
     for blob in blobs:
         with pa.ipc.open_stream(blob) as reader:
             for batch in reader:
@@ -229,16 +321,20 @@ def _arrow_chunks(partition: int, blobs: Iterator[bytes]) -> Iterator[tuple[list
                 names = batch.schema.names
                 columns = [_arrow_column(batch.column(i), names[i], partition, offset) for i in range(len(names))]
                 schema = {"multi": True, "names": names, "cols": [column_spec(c) for c in columns]}
-                step = max(1, C.get_int(C.FEED_CHUNK_BYTES) // max(1, sum(c[:1].nbytes for c in columns)))
-                for start in range(0, batch.num_rows, step):
-                    yield [c[start:start + step] for c in columns], schema
+                first = first or schema["cols"]
+                for name, spec, want in zip(names, schema["cols"], first):
+                    if spec["shape"][1:] != want["shape"][1:]:  # arrays whose length changes between batches
+                        raise FeedDataError(
+                            f"partition {partition} row {offset}: column {name!r} holds arrays of shape "
+                            f"{tuple(spec['shape'][1:])}, earlier rows have {tuple(want['shape'][1:])}; every "
+                            "row must have the same array lengths", partition=partition, row=offset)
+                for start, stop in _chunk_bounds(columns, budget):
+                    yield [c[start:stop] for c in columns], schema
                 offset += batch.num_rows
 
 
-def _arrow_column(column: Any, name: str, partition: int, offset: int) -> np.ndarray:
+def _arrow_column(column: Any, name: str, partition: int, offset: int) -> Column:
     import pyarrow as pa
-
-    from tfos.errors import FeedDataError
 
     if column.null_count:
         row = offset + column.is_null().to_pylist().index(True)
@@ -255,10 +351,32 @@ def _arrow_column(column: Any, name: str, partition: int, offset: int) -> np.nda
         width = int(lengths[0]) if len(lengths) else 0
         return flat.reshape((len(column), width) + flat.shape[1:])
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        return np.asarray(column.to_pylist(), dtype=str)
+        return _arrow_var_column(column, STRING)
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
-        return np.asarray(column.to_pylist(), dtype=bytes)
-    return column.to_numpy(zero_copy_only=False)
+        return _arrow_var_column(column, BINARY)
+    array = column.to_numpy(zero_copy_only=False)
+    try:
+        check_dtype(array.dtype)
+    except ProtocolError:
+        raise FeedDataError(f"partition {partition}: column {name!r} has Arrow type {kind}, which cannot be fed; "
+                            "cast it to a number, string or binary column first", partition=partition,
+                            column=name) from None
+    return array
+
+
+def _arrow_var_column(column: Any, kind: str) -> VarColumn:
+    """A VarColumn over the Arrow array's own buffers: no per-value work, no copy of the values."""
+    import pyarrow as pa
+
+    n = len(column)
+    _, offsets_buf, data_buf = column.buffers()
+    if n == 0 or offsets_buf is None:
+        return VarColumn(kind, np.zeros(n + 1, np.int64), np.empty(0, np.uint8))
+    large = pa.types.is_large_string(column.type) or pa.types.is_large_binary(column.type)
+    width = np.dtype(np.int64 if large else np.int32)
+    offsets = np.frombuffer(offsets_buf, width, count=n + 1, offset=column.offset * width.itemsize)
+    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None and data_buf.size else np.empty(0, np.uint8)
+    return VarColumn(kind, offsets.astype(np.int64), data)
 
 
 def vectors_as_arrays(df: Any) -> Any:
@@ -272,8 +390,66 @@ def vectors_as_arrays(df: Any) -> Any:
     return df.select([vector_to_array(df[c]).alias(c) if c in vectors else df[c] for c in df.columns])
 
 
+def check_dataframe_schema(df: Any) -> None:
+    """Raises FeedDataError naming the first column of ``df`` whose type cannot be fed.
+
+    Runs on the driver and reads only the schema (no Spark job). Feedable: booleans,
+    integers, floats, strings, binary, arrays of these (equal lengths per row are checked
+    as rows are fed) and Spark ML vectors. Timestamps, dates, decimals, maps, structs,
+    intervals and other user-defined types are refused with the cast that fixes them.
+    """
+    from pyspark.ml.linalg import VectorUDT
+
+    for field in df.schema.fields:
+        if isinstance(field.dataType, VectorUDT):
+            continue
+        bad = _unfeedable(field.dataType)
+        if bad is None:
+            continue
+        inner = "" if bad is field.dataType else f" ({bad.simpleString()} inside it)"
+        raise FeedDataError(f"DataFrame column {field.name!r} has type {field.dataType.simpleString()}{inner}, which "
+                            f"cannot be fed: {_fix_for(bad)}. Feedable columns hold numbers, booleans, strings, "
+                            "binary, arrays of these or Spark ML vectors.", column=field.name,
+                            column_type=field.dataType.simpleString())
+
+
+def _unfeedable(data_type: Any) -> Any:
+    """The (innermost) type in ``data_type`` the feed cannot carry, or None."""
+    from pyspark.sql import types as T
+
+    plain = (T.BooleanType, T.ByteType, T.ShortType, T.IntegerType, T.LongType, T.FloatType, T.DoubleType,
+             T.StringType, T.CharType, T.VarcharType, T.BinaryType)
+    if isinstance(data_type, plain):
+        return None
+    if isinstance(data_type, T.ArrayType):
+        return _unfeedable(data_type.elementType)
+    return data_type
+
+
+def _fix_for(data_type: Any) -> str:
+    from pyspark.sql import types as T
+
+    if isinstance(data_type, (T.TimestampType, T.TimestampNTZType, T.DateType)):
+        return ("cast it to a number (e.g. unix_timestamp(col) or unix_date(col)) or to a string, "
+                "e.g. df.withColumn(name, F.unix_timestamp(name))")
+    if isinstance(data_type, T.DecimalType):
+        return "cast it to double (or to long for whole numbers), e.g. df.withColumn(name, F.col(name).cast('double'))"
+    if isinstance(data_type, T.MapType):
+        return "turn it into array columns (map_keys(col), map_values(col)) or select the values you need"
+    if isinstance(data_type, T.StructType):
+        return "select its fields as columns of their own, e.g. df.select('col.*')"
+    if isinstance(data_type, T.NullType):
+        return "it holds only nulls: drop it, or give it a type and values"
+    return "cast it to a number, string or binary column, or drop it"
+
+
 def dataframe_to_arrow_rdd(df: Any) -> Any:
-    """An RDD of Arrow IPC streams, one per Arrow batch of ``df``: no per-row Python work."""
+    """An RDD of Arrow IPC streams, one per Arrow batch of ``df``: no per-row Python work.
+
+    Checks ``df``'s column types first (:func:`check_dataframe_schema`), so a column the
+    feed cannot carry fails here, on the driver, before any node sees data.
+    """
+    check_dataframe_schema(df)
 
     def to_ipc(batches: Iterator[Any]) -> Iterator[Any]:
         import pyarrow as pa

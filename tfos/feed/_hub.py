@@ -18,10 +18,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from tfos import _constants as C
 from tfos.errors import ProtocolError, TFOSError
+from tfos.feed._columns import Column
 from tfos.feed._protocol import recv_frame, send_frame, widen_buffers
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,7 @@ class FeedConnection:
     done: threading.Event = field(default_factory=threading.Event)
     send_lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def send_results(self, columns: list[np.ndarray], count: int, qname_out: str = "output") -> None:
+    def send_results(self, columns: list[Column], count: int, qname_out: str = "output") -> None:
         with self.send_lock:
             send_frame(self.sock, {"op": "results", "rows": count}, columns)
             self.answered += count
@@ -54,7 +53,7 @@ class FeedConnection:
 @dataclass
 class Chunk:
     epoch: int | None
-    columns: list[np.ndarray]
+    columns: list[Column]  # numpy arrays and VarColumns; nbytes counts only the bytes sent
     nrows: int
     nbytes: int
     conn: FeedConnection
@@ -164,7 +163,7 @@ class FeedQueue:
             self.consumed += got
             return pieces, None
 
-    def answer(self, results: list[np.ndarray], count: int, qname_out: str = "output") -> None:
+    def answer(self, results: list[Column], count: int, qname_out: str = "output") -> None:
         """Routes ``count`` result rows back to the connections their inputs came from.
 
         ``qname_out`` only matters to hand-fed queues (``tfos.compat.TFManager``): a

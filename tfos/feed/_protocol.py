@@ -1,15 +1,20 @@
-"""Feed wire format (executors): frames of a JSON header plus raw column buffers.
+"""Feed wire format (executors and node processes): frames of a JSON header plus raw column buffers.
 
-A frame is an 8-byte big-endian header length, the JSON header, then the bytes of
-each column listed in ``header["cols"]`` (dtype string and shape) in order. Column
-buffers go out with one ``sendmsg`` straight from the numpy arrays and come in with
-``recv_into`` straight into new arrays: no pickle, no per-row work. Only plain
-numeric, bool and fixed-width string dtypes are accepted.
+A frame is an 8-byte big-endian header length, the JSON header, then the buffers of
+each column listed in ``header["cols"]`` in order. A numpy column (``dtype`` string and
+``shape``) is one buffer; a variable-length column (``dtype`` ``"binary"`` or
+``"string"``, ``shape`` and ``nbytes``, see :class:`~tfos.feed._columns.VarColumn`) is
+two: ``prod(shape) + 1`` little-endian int64 offsets starting at 0, then ``nbytes``
+bytes of values, Arrow's layout without padding. Buffers go out with one ``sendmsg``
+straight from the numpy arrays and come in with ``recv_into`` straight into new arrays:
+no pickle, no per-row work. Only plain numeric, bool, fixed-width string and these
+variable-length columns are accepted.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import socket
 import struct
 from typing import Any
@@ -17,12 +22,16 @@ from typing import Any
 import numpy as np
 
 from tfos.errors import ProtocolError
+from tfos.feed._columns import VAR_KINDS, Column, VarColumn, check_dtype, column_spec
+
+__all__ = ["MAX_FRAME_BYTES", "MAX_HEADER_BYTES", "check_dtype", "column_spec", "recv_frame", "send_frame",
+           "widen_buffers"]
 
 _LEN = struct.Struct(">Q")
 MAX_HEADER_BYTES = 1 << 20
 MAX_FRAME_BYTES = 1 << 31
-_KINDS = set("biufcSUb?")
 SOCKET_BUFFER_BYTES = 4 << 20
+_OFFSETS = np.dtype("<i8")
 
 
 def widen_buffers(sock: socket.socket, nbytes: int = SOCKET_BUFFER_BYTES) -> None:
@@ -36,21 +45,22 @@ def widen_buffers(sock: socket.socket, nbytes: int = SOCKET_BUFFER_BYTES) -> Non
             pass
 
 
-def column_spec(array: np.ndarray) -> dict[str, Any]:
-    return {"dtype": array.dtype.str, "shape": list(array.shape)}
-
-
-def check_dtype(dtype: np.dtype) -> None:
-    if dtype.kind not in _KINDS or dtype.fields is not None or dtype.hasobject:
-        raise ProtocolError(f"dtype {dtype} cannot be fed: use numbers, bools or fixed-width strings")
-
-
-def send_frame(sock: socket.socket, header: dict[str, Any], arrays: list[np.ndarray] = ()) -> None:
-    arrays = [np.ascontiguousarray(a) for a in arrays]
-    if arrays:
-        header = {**header, "cols": [column_spec(a) for a in arrays]}
+def send_frame(sock: socket.socket, header: dict[str, Any], arrays: list[Column] = ()) -> None:
+    specs, payload = [], []
+    for a in arrays:
+        if isinstance(a, VarColumn):
+            a = a.compact()
+            specs.append({**column_spec(a), "nbytes": len(a.data)})
+            payload.append(a.offsets.astype(_OFFSETS, copy=False))
+            payload.append(a.data)
+        else:
+            a = np.ascontiguousarray(a)
+            specs.append(column_spec(a))
+            payload.append(a)
+    if specs:
+        header = {**header, "cols": specs}
     raw = json.dumps(header, separators=(",", ":")).encode()
-    buffers = [memoryview(_LEN.pack(len(raw)) + raw)] + [memoryview(a).cast("B") for a in arrays if a.nbytes]
+    buffers = [memoryview(_LEN.pack(len(raw)) + raw)] + [memoryview(a).cast("B") for a in payload if a.nbytes]
     while buffers:
         sent = sock.sendmsg(buffers)
         while buffers and sent >= len(buffers[0]):
@@ -60,7 +70,7 @@ def send_frame(sock: socket.socket, header: dict[str, Any], arrays: list[np.ndar
             buffers[0] = buffers[0][sent:]
 
 
-def recv_frame(sock: socket.socket) -> tuple[dict[str, Any], list[np.ndarray]] | None:
+def recv_frame(sock: socket.socket) -> tuple[dict[str, Any], list[Column]] | None:
     """Reads one frame; returns None when the peer closed the connection cleanly."""
     prefix = _recv_exact(sock, _LEN.size, allow_eof=True)
     if prefix is None:
@@ -74,31 +84,45 @@ def recv_frame(sock: socket.socket) -> tuple[dict[str, Any], list[np.ndarray]] |
         raise ProtocolError(f"feed header is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise ProtocolError("feed header must be a JSON object")
-    arrays = []
+    arrays: list[Column] = []
     total = 0
     for col in header.get("cols", []):
         try:
-            dtype, shape = np.dtype(col["dtype"]), tuple(int(d) for d in col["shape"])
+            kind = col["dtype"] if col["dtype"] in VAR_KINDS else None
+            dtype = _OFFSETS if kind else np.dtype(col["dtype"])
+            shape = tuple(int(d) for d in col["shape"])
+            nbytes = int(col["nbytes"]) if kind else 0
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"bad column spec {col!r}: {exc}") from None
         check_dtype(dtype)
-        if any(d < 0 for d in shape):
-            raise ProtocolError(f"bad column shape {shape}")
-        array = np.empty(shape, dtype)
-        total += array.nbytes
-        if total > MAX_FRAME_BYTES:
+        if any(d < 0 for d in shape) or nbytes < 0 or (kind and not shape):
+            raise ProtocolError(f"bad column spec {col!r}")
+        count = math.prod(shape)
+        total += dtype.itemsize * (count + (1 if kind else 0)) + nbytes
+        if total > MAX_FRAME_BYTES:  # before allocating: a bad header must not exhaust memory
             raise ProtocolError(f"feed frame exceeds {MAX_FRAME_BYTES} bytes")
-        if array.nbytes:
-            view = memoryview(array).cast("B")
-            got = 0
-            while got < array.nbytes:
-                # MSG_WAITALL: one system call (and one GIL hand-off) per column on blocking sockets
-                n = sock.recv_into(view[got:], 0, socket.MSG_WAITALL)
-                if n == 0:
-                    raise ConnectionError("feed peer closed the connection mid-frame")
-                got += n
-        arrays.append(array)
+        if kind:
+            offsets = _recv_array(sock, np.empty(count + 1, _OFFSETS))
+            data = _recv_array(sock, np.empty(nbytes, np.uint8))
+            if offsets[0] != 0 or offsets[-1] != nbytes or (count and (offsets[1:] < offsets[:-1]).any()):
+                raise ProtocolError(f"bad offsets in {kind} column {col!r}")
+            arrays.append(VarColumn(kind, offsets, data, shape))
+        else:
+            arrays.append(_recv_array(sock, np.empty(shape, dtype)))
     return header, arrays
+
+
+def _recv_array(sock: socket.socket, array: np.ndarray) -> np.ndarray:
+    if array.nbytes:
+        view = memoryview(array).cast("B")
+        got = 0
+        while got < array.nbytes:
+            # MSG_WAITALL: one system call (and one GIL hand-off) per buffer on blocking sockets
+            n = sock.recv_into(view[got:], 0, socket.MSG_WAITALL)
+            if n == 0:
+                raise ConnectionError("feed peer closed the connection mid-frame")
+            got += n
+    return array
 
 
 def _recv_exact(sock: socket.socket, n: int, allow_eof: bool = False) -> bytes | None:
