@@ -30,7 +30,11 @@ FRESH = textwrap.dedent("""
     from pyspark import SparkConf, SparkContext
     import tfos
     sys.path.insert(0, {scripts!r})
+    import cloudpickle
+    import bench_reserve
     from bench_reserve import record_start
+
+    cloudpickle.register_pickle_by_value(bench_reserve)  # executors need not find scripts/
 
     conf = (SparkConf().setMaster({master!r}).setAppName("bench-fresh").set("spark.ui.enabled", "false")
             .set("spark.driver.host", "127.0.0.1").set("spark.driver.bindAddress", "127.0.0.1")
@@ -57,7 +61,9 @@ def latest_start(out: str) -> float:
 def fresh_start(master: str) -> float:
     out = tempfile.mkdtemp(prefix="bench-fresh-")
     code = FRESH.format(scripts=os.path.join(ROOT, "scripts"), master=master, out=out)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=out)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=out)
+    if result.returncode:
+        raise SystemExit(f"the fresh driver failed:\n{result.stderr[-3000:]}")
     t0 = float(result.stdout.split("T0")[-1].split()[0])
     return latest_start(out) - t0
 

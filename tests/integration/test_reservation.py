@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import psutil
 import pytest
@@ -40,14 +41,14 @@ JOB = textwrap.dedent("""
 """)
 
 
-def cli(*args, cwd=None, timeout=300):
+def cli(*args, cwd=None, timeout=300, env=None):
     return subprocess.run([sys.executable, "-m", "tfos.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout)
+                          timeout=timeout, env=None if env is None else dict(os.environ, **env))
 
 
-def reserve_detached(handle, master=MASTER, *extra):
+def reserve_detached(handle, master=MASTER, *extra, env=None):
     reserved = cli("reserve", "--master", master, "--num-executors", "2", "--handle", str(handle), "--detach",
-                   "--name", "t", *SPARK, *extra, cwd=os.path.dirname(handle))
+                   "--name", "t", *SPARK, *extra, cwd=os.path.dirname(handle), env=env)
     assert reserved.returncode == 0, reserved.stderr[-3000:] + reserved.stdout
     return reserved
 
@@ -74,16 +75,18 @@ def fail_on_worker(args, ctx):
 
 def test_reserve_detached_runs_twice_logs_fails_a_run_and_releases_cleanly(tmp_path, no_leftovers):
     handle = tmp_path / "h.handle"
-    reserved = reserve_detached(handle)
+    reserved = reserve_detached(handle, env={"TFOS_HEARTBEAT_TIMEOUT_SECS": "1.5", "TFOS_POLL_HOLD_SECS": "0.3"})
     assert '"chief": ["127.0.0.1:' in reserved.stdout and "worker" in reserved.stdout
     assert stat.S_IMODE(os.stat(handle).st_mode) == 0o600
     info = json.loads(handle.read_text())
     secret, pid, spec = info["secret"], info["pid"], info["cluster_spec"]
     assert secret not in reserved.stdout + reserved.stderr + (tmp_path / "h.handle.log").read_text()
 
+    time.sleep(3)  # idle for longer than the heartbeat timeout: held nodes between runs must not count as silent
     shown = cli("status", str(handle))
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
+    assert lines[0] == "reservation 't': running; last run: none yet", shown.stdout
     assert "ROLE" in lines[1] and any(line.startswith("chief:0") and " idle " in line for line in lines)
     assert any(line.startswith("worker:0") for line in lines)
 

@@ -198,3 +198,19 @@ def test_silent_nodes_are_found_and_given_up(server, client, monkeypatch):
     assert {n.role for n in silent} == {"ps:0", "chief:0", "worker:0"}
     server.give_up(silent[0], "silent")
     assert silent[0].exited and silent[0] not in server.silent_nodes(timeout=0.0)
+
+
+def test_a_held_node_between_runs_is_judged_by_its_agent_heartbeat(monkeypatch):
+    monkeypatch.setenv("TFOS_POLL_HOLD_SECS", "0.05")
+    server = ControlServer(cluster_template(1, 0, "chief", False), "s")
+    server._register({"executor_id": 0, "job_name": "chief", "task_index": 0, "host": "h", "port": 1,
+                      "hostname": "h", "workdir": "/w", "pid": 1})
+    node = server.nodes()[0]
+    server._agent_poll({"executor_id": 0, "seq": 0})
+    node.last_seen -= 100  # no node process has polled for long: none runs between runs
+    assert server.silent_nodes(6) == [] and server.silent_agents(6) == []
+    server.begin_run({"type": "launch"})  # a run's node process must poll from now on
+    node.last_seen -= 100
+    assert server.silent_nodes(6) == [node]
+    node.agent_seen -= 100
+    assert server.silent_agents(6) == [node]

@@ -58,7 +58,8 @@ def node_rows(server: ControlServer, rates: Rates) -> list[dict[str, Any]]:
         tb = f"http://{info['host']}:{info['tb_port']}" if info.get("tb_port") else None
         rows.append({
             "role": role, "executor_id": eid, "host": info["host"], "pid": stats.get("pid", info["pid"]),
-            "state": node_state(node), "heartbeat_age": round(now - node.last_seen, 1),
+            "state": node_state(node),
+            "heartbeat_age": round(now - (node.agent_seen if node.idle_agent else node.last_seen), 1),
             "rss": stats.get("rss"), "gpus": stats.get("gpus"), "rows": fed,
             "rows_per_sec": round(rates.rate(role, fed, now), 1), "metrics": dict(stats.get("metrics") or {}),
             "consumed": dict(stats.get("consumed") or {}), "tensorboard": tb,

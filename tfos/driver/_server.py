@@ -58,6 +58,11 @@ class NodeStatus:
     agent_busy: bool = False
 
     @property
+    def idle_agent(self) -> bool:
+        """A held node (``tfos reserve``) waiting for its next run."""
+        return self.agent_seen is not None and not self.agent_busy
+
+    @property
     def role(self) -> str:
         return f"{self.info['job_name']}:{self.info['task_index']}"
 
@@ -328,10 +333,15 @@ class ControlServer:
                 node.last_seen = now
 
     def silent_nodes(self, timeout: float) -> list[NodeStatus]:
-        """Nodes still running that have not polled for ``timeout`` seconds."""
+        """Nodes still running that have not polled for ``timeout`` seconds.
+
+        A held node between runs has no node process to poll: its agent's heartbeat
+        counts instead (:meth:`silent_agents`).
+        """
         now = time.monotonic()
         with self._cond:
-            return [n for _, n in sorted(self._nodes.items()) if not n.exited and now - n.last_seen > timeout]
+            return [n for _, n in sorted(self._nodes.items())
+                    if not n.exited and not n.idle_agent and now - n.last_seen > timeout]
 
     def give_up(self, node: NodeStatus, reason: str) -> None:
         """Stops waiting for ``node``: it is lost and will never report again."""
