@@ -77,8 +77,11 @@ def main(argv=None) -> float:
     sc = spark_context("tfos-digits-spark", args.master, f"local-cluster[{args.cluster_size},1,1024]")
     spark = SparkSession(sc)
     (x_train, y_train), (x_test, y_test) = load_digits_split()
+    # One partition per node: each executor runs one task an epoch, so every node gets the same rows
+    # every epoch. tf-keras needs that when it cannot know an epoch's length: it takes the first
+    # epoch's step count for every later epoch and stops training when an epoch runs short.
     train_df = spark.createDataFrame([(x.tolist(), int(y)) for x, y in zip(x_train, y_train)],
-                                     "features array<float>, label long").repartition(4)
+                                     "features array<float>, label long").repartition(args.cluster_size)
     test_df = spark.createDataFrame([(x.tolist(),) for x in x_test], "features array<float>")
     try:
         with tfos.run(sc, train_fun, args, args.cluster_size, input_mode=tfos.InputMode.SPARK,
