@@ -167,7 +167,9 @@ def test_estimator_pipeline_fits_transforms_and_persists(sc, spark, tmp_path, no
     model.setInputMapping({"features": "x"}).setOutputMapping({"y": "prediction"})
 
     predicted = fitted.transform(df)
-    assert predicted.columns == ["prediction"] and dict(predicted.dtypes) == {"prediction": "array<double>"}
+    # A Spark ML model: the input columns stay, the mapped outputs are appended.
+    assert predicted.columns == ["a", "b", "label", "features", "prediction"]
+    assert dict(predicted.dtypes)["prediction"] == "array<double>"
     got = np.array([r.prediction[0] for r in predicted.collect()])
     assert len(got) == 600
 

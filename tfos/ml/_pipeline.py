@@ -2,11 +2,11 @@
 
 ``TFEstimator.fit(df)`` starts a tfos cluster, feeds the DataFrame's mapped columns
 to ``train_fn(args, ctx)`` on every node (InputMode.SPARK, through Arrow) and returns
-a ``TFModel``. ``TFModel.transform(df)`` runs a SavedModel signature on every
-partition with ``mapInArrow``: each Python worker loads the model once and keeps it
-for later partitions and jobs. Both carry TensorFlowOnSpark's params, merged into
-``args`` for ``train_fn``, and save / load with Spark ML's persistence (``Pipeline``
-included).
+a ``TFModel``. ``TFModel.transform(df)`` runs a SavedModel signature or a Keras model
+file on every partition with an iterator Arrow UDF, keeping the input columns and
+appending the outputs: each Python worker loads the model once and keeps it for later
+partitions and jobs. Both carry TensorFlowOnSpark's params, merged into ``args`` for
+``train_fn``, and save / load with Spark ML's persistence (``Pipeline`` included).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReadable
 
 from tfos.config import InputMode
 from tfos.errors import TFOSConfigError
+from tfos.ml._tuning import TunableMixin
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +129,14 @@ class TFParams(Params):
 
 @_accessors(cluster_size="ClusterSize", num_ps="NumPS", driver_ps_nodes="DriverPSNodes", input_mode="InputMode",
             master_node="MasterNode", protocol="Protocol", grace_secs="GraceSecs", tensorboard="Tensorboard",
-            tfrecord_dir="TFRecordDir", epochs="Epochs", readers="Readers", steps="Steps")
-class TFEstimator(Estimator, TFParams, MLReadable, MLWritable):
+            tfrecord_dir="TFRecordDir", epochs="Epochs", readers="Readers", steps="Steps",
+            output_mapping="OutputMapping", model_input_mapping="ModelInputMapping")
+class TFEstimator(TunableMixin, Estimator, TFParams, MLReadable, MLWritable):
     """Trains a TensorFlow model on a tfos cluster; ``fit`` returns a :class:`TFModel`.
+
+    Under ``CrossValidator`` / ``TrainValidationSplit``, ``fitMultiple`` trains single-node
+    trials in parallel, each with its own export and model directory, and ``argParam(name)``
+    puts a value of ``args`` into a ``ParamGridBuilder`` (see :mod:`tfos.ml._tuning`).
 
     Args:
         train_fn: ``train_fn(args, ctx)``, run on every node; reads the fed rows with
@@ -156,6 +162,10 @@ class TFEstimator(Estimator, TFParams, MLReadable, MLWritable):
     epochs = _param("epochs", "passes over the DataFrame", TypeConverters.toInt)
     readers = _param("readers", "reader threads (passed to train_fn)", TypeConverters.toInt)
     steps = _param("steps", "maximum training steps (passed to train_fn)", TypeConverters.toInt)
+    output_mapping = _param("output_mapping", "output tensor name -> DataFrame column of the fitted TFModel "
+                            "(lets CrossValidator's evaluator score it)", _to_dict)
+    model_input_mapping = _param("model_input_mapping", "DataFrame column -> input of the fitted TFModel, when it "
+                                 "differs from input_mapping (which also maps the label)", _to_dict)
 
     def __init__(self, train_fn: Callable[[Any, Any], Any], tf_args: Any = None,
                  export_fn: Callable[[Any], Any] | None = None) -> None:
@@ -168,7 +178,8 @@ class TFEstimator(Estimator, TFParams, MLReadable, MLWritable):
         self._setDefault(input_mapping={}, cluster_size=1, num_ps=0, driver_ps_nodes=False,
                          input_mode=int(InputMode.SPARK), master_node="chief", protocol="grpc", grace_secs=30,
                          tensorboard=False, model_dir=None, export_dir=None, tfrecord_dir=None, batch_size=100,
-                         epochs=1, readers=1, steps=1000)
+                         epochs=1, readers=1, steps=1000, output_mapping={},
+                         model_input_mapping={})
 
     def _main(self) -> Callable[[Any, Any], Any]:
         """The function each node runs; the compat layer wraps it to hand TFoS's ctx."""
@@ -200,7 +211,15 @@ class TFEstimator(Estimator, TFParams, MLReadable, MLWritable):
         if self.export_fn is not None:
             export_fn = self.export_fn
             sc.parallelize([0], 1).foreach(lambda _: export_fn(tf_args))
-        return self._copyValues(self._model_class()(self.args))
+        return self._fitted_model()
+
+    def _fitted_model(self) -> TFModel:
+        """The TFModel of this fit: the shared params copied, ``model_input_mapping`` as its input mapping."""
+        model = self._copyValues(self._model_class()(self.args))
+        model_inputs = self.getOrDefault(self.model_input_mapping)
+        if model_inputs:
+            model._set(input_mapping=model_inputs)
+        return model
 
     def _model_class(self) -> type[TFModel]:
         return TFModel
@@ -219,7 +238,8 @@ class TFEstimator(Estimator, TFParams, MLReadable, MLWritable):
 
     # ---- persistence -------------------------------------------------------------------------
     def write(self) -> MLWriter:
-        return _Writer(self, {"args": self.args, "train_fn": self.train_fn, "export_fn": self.export_fn})
+        return _Writer(self, {"args": self.args, "train_fn": self.train_fn, "export_fn": self.export_fn,
+                              "arg_params": list(getattr(self, "_arg_params", ()))})
 
     @classmethod
     def read(cls) -> MLReader:
@@ -227,22 +247,34 @@ class TFEstimator(Estimator, TFParams, MLReadable, MLWritable):
 
     @classmethod
     def _restore(cls, state: dict[str, Any]) -> TFEstimator:
-        return cls(state["train_fn"], state["args"], state["export_fn"])
+        estimator = cls(state["train_fn"], state["args"], state["export_fn"])
+        for name in state.get("arg_params", ()):
+            estimator.argParam(name)
+        return estimator
 
 
 @_accessors(output_mapping="OutputMapping", signature_def_key="SignatureDefKey", tag_set="TagSet")
 class TFModel(Model, TFParams, MLReadable, MLWritable):
-    """Runs a SavedModel signature on a DataFrame: one output row per input row, in order.
+    """Runs a SavedModel signature or a Keras model file on a DataFrame, appending its outputs.
 
-    ``input_mapping`` maps columns to the signature's inputs, ``output_mapping`` its
-    outputs to the new DataFrame's columns (sorted by output name, as in TFoS). Inputs
-    are cast to the signature's dtype and reshaped to its shape (Spark holds flat arrays).
-    Outputs become LongType, DoubleType, BooleanType or StringType, or arrays of them.
+    ``input_mapping`` maps columns to the model's inputs, ``output_mapping`` its outputs to
+    new columns (added after the input columns, sorted by output name, as in TFoS; an
+    input column of the same name is replaced). ``export_dir`` is a SavedModel directory
+    (``signature_def_key`` / ``tag_set`` pick the signature) or a Keras ``.keras`` / ``.h5``
+    file, saved by Keras 3 or tf-keras (inputs and outputs are then named by the model's
+    input and output layers). Inputs are cast to the model's dtype and reshaped to its
+    shape (Spark holds flat arrays). Outputs become LongType, DoubleType, BooleanType or
+    StringType, or arrays of them. The signature is read on the driver when ``export_dir``
+    is a local path, else by a one-task Spark job.
     """
 
     output_mapping = _param("output_mapping", "output tensor name -> DataFrame column", _to_dict)
     signature_def_key = _param("signature_def_key", "signature of the SavedModel to run", TypeConverters.toString)
     tag_set = _param("tag_set", "comma-separated tags of the SavedModel's graph", TypeConverters.toString)
+
+    #: Spark ML's way: keep the input columns. tfos.compat.pipeline's TFModel returns only
+    #: the output columns, as TensorFlowOnSpark did.
+    _keep_input_columns = True
 
     def __init__(self, tf_args: Any = None) -> None:
         super().__init__()
@@ -251,10 +283,13 @@ class TFModel(Model, TFParams, MLReadable, MLWritable):
                          signature_def_key="serving_default", tag_set="serve")
 
     def _transform(self, dataset: Any) -> Any:
+        from pyspark.ml.functions import vector_to_array
+        from pyspark.ml.linalg import VectorUDT
+        from pyspark.sql import functions as F
         from pyspark.sql.types import StructType
 
-        from tfos.feed._feeder import vectors_as_arrays
         from tfos.ml._tfrecord import qualified
+        from tfos.ml._udf import batch_udf
 
         inputs, outputs = self.getOrDefault(self.input_mapping), self.getOrDefault(self.output_mapping)
         if not inputs or not outputs:
@@ -262,17 +297,26 @@ class TFModel(Model, TFParams, MLReadable, MLWritable):
         _require_columns(dataset, inputs)
         export_dir = self.getOrDefault(self.export_dir)
         if not export_dir:
-            raise TFOSConfigError("set export_dir to the SavedModel to run (setExportDir)")
+            raise TFOSConfigError("set export_dir to the SavedModel or Keras model file to run (setExportDir)")
         runner = _SavedModelRunner(
             export_dir=qualified(export_dir),
             tags=self.getOrDefault(self.tag_set), signature=self.getOrDefault(self.signature_def_key),
             inputs=sorted(inputs.items()), outputs=sorted(outputs.items()),
             batch_size=self.getOrDefault(self.batch_size))
-        data = vectors_as_arrays(dataset.select(sorted(inputs)))
-        sc = dataset.sparkSession.sparkContext
-        # The SavedModel is read on an executor (it may live where the driver cannot see it).
-        schema = StructType.fromJson(json.loads(sc.parallelize([0], 1).mapPartitions(runner.schema_json).collect()[0]))
-        return data.mapInArrow(runner, schema)
+        schema = runner.driver_schema()
+        if schema is None:  # not readable here: read it where the executors read the model
+            sc = dataset.sparkSession.sparkContext
+            schema = StructType.fromJson(json.loads(
+                sc.parallelize([0], 1).mapPartitions(runner.schema_json).collect()[0]))
+        vectors = {f.name for f in dataset.schema.fields if isinstance(f.dataType, VectorUDT)}
+        fed = [(vector_to_array(dataset[c]) if c in vectors else dataset[c]).alias(c) for c in sorted(inputs)]
+        tmp = f"__tfos_{self.uid}"
+        out = dataset.withColumn(tmp, batch_udf(runner, schema)(F.struct(*fed)))
+        added = [F.col(tmp)[f.name].alias(f.name) for f in schema.fields]
+        if not self._keep_input_columns:
+            return out.select(*added)
+        replaced = set(schema.fieldNames())
+        return out.select(*[F.col(f"`{c}`") for c in dataset.columns if c not in replaced], *added)
 
     # ---- persistence -------------------------------------------------------------------------
     def write(self) -> MLWriter:
@@ -294,12 +338,62 @@ def _require_columns(dataset: Any, mapping: dict[str, str]) -> None:
                               f"(it has {dataset.columns})")
 
 
-#: SavedModel signatures loaded by this Python worker: (export_dir, tags, signature) -> signature function.
+#: Models loaded by this Python worker: (export_dir, tags, signature) -> _Signature.
 _SIGNATURES: dict[tuple[str, str, str], Any] = {}
 
 
+class _Signature:
+    """What TFModel runs: named input / output specs (tf.TensorSpec) and a call on named tensors."""
+
+    def __init__(self, inputs: dict[str, Any], outputs: dict[str, Any], call: Callable[[dict[str, Any]], Any]
+                 ) -> None:
+        self.inputs = inputs
+        self.outputs = outputs
+        self.call = call
+
+
+def _saved_model_signature(export_dir: str, tags: str, signature: str) -> _Signature:
+    import tensorflow as tf
+
+    from tfos.ml._models import local_copy
+
+    model = tf.saved_model.load(local_copy(export_dir), tags=[t for t in tags.split(",") if t] or None)
+    if signature not in model.signatures:
+        raise TFOSConfigError(f"SavedModel {export_dir} has no signature {signature!r}; it has "
+                              f"{sorted(model.signatures)}")
+    function = model.signatures[signature]
+    function._tfos_model = model  # the signature needs its model alive
+    return _Signature(function.structured_input_signature[1], function.structured_outputs,
+                      lambda feeds: function(**feeds))
+
+
+def _keras_signature(model: Any) -> _Signature:
+    """A Keras 3 or tf-keras model's inputs and outputs, named by their layers."""
+    import tensorflow as tf
+
+    def spec(tensor: Any) -> Any:
+        return tf.TensorSpec(shape=tuple(tensor.shape), dtype=tf.as_dtype(tensor.dtype))
+
+    input_names = [t.name.split(":")[0] for t in model.inputs]
+    output_names = list(getattr(model, "output_names", None) or [t._keras_history[0].name for t in model.outputs])
+
+    def call(feeds: dict[str, Any]) -> dict[str, Any]:
+        args = [feeds[n] for n in input_names]
+        result = model(args if len(args) > 1 else args[0], training=False)
+        results = result if isinstance(result, (list, tuple)) else [result]
+        return dict(zip(output_names, results))
+
+    return _Signature({n: spec(t) for n, t in zip(input_names, model.inputs)},
+                      {n: spec(t) for n, t in zip(output_names, model.outputs)}, call)
+
+
+def _is_model_file(path: str) -> bool:
+    """Whether ``path`` names a Keras model file rather than a SavedModel directory."""
+    return path.rstrip("/").endswith((".keras", ".h5", ".hdf5"))
+
+
 class _SavedModelRunner:
-    """The ``mapInArrow`` function of ``TFModel.transform``; runs in executors' Python workers."""
+    """The batch function of ``TFModel.transform``; runs in executors' Python workers."""
 
     def __init__(self, export_dir: str, tags: str, signature: str, inputs: list[tuple[str, str]],
                  outputs: list[tuple[str, str]], batch_size: int) -> None:
@@ -310,34 +404,56 @@ class _SavedModelRunner:
         self.outputs = outputs  # (output name, column), sorted by output name
         self.batch_size = batch_size
 
-    def _function(self) -> Any:
+    def _function(self) -> _Signature:
         key = (self.export_dir, self.tags, self.signature)
         if key not in _SIGNATURES:
-            import tensorflow as tf
+            if _is_model_file(self.export_dir):
+                from tfos.ml._models import load
 
-            tags = [t for t in self.tags.split(",") if t] or None
-            model = tf.saved_model.load(self.export_dir, tags=tags)
-            if self.signature not in model.signatures:
-                raise TFOSConfigError(f"SavedModel {self.export_dir} has no signature {self.signature!r}; it has "
-                                      f"{sorted(model.signatures)}")
-            function = model.signatures[self.signature]
-            function._tfos_model = model  # the signature needs its model alive
-            _SIGNATURES[key] = function
+                _SIGNATURES[key] = _keras_signature(load(_model_source(self.export_dir)))
+            else:
+                _SIGNATURES[key] = _saved_model_signature(self.export_dir, self.tags, self.signature)
         return _SIGNATURES[key]
+
+    def _check(self, input_specs: dict[str, Any], output_specs: dict[str, Any]) -> None:
+        what = "the Keras model" if _is_model_file(self.export_dir) else f"signature {self.signature!r}"
+        for _, name in self.inputs:
+            if name not in input_specs:
+                raise TFOSConfigError(f"input_mapping names input {name!r}, but {what} takes {sorted(input_specs)}")
+        for name, _ in self.outputs:
+            if name not in output_specs:
+                raise TFOSConfigError(f"output_mapping names output {name!r}, but {what} gives "
+                                      f"{sorted(output_specs)}")
 
     def _specs(self) -> tuple[dict[str, Any], dict[str, Any]]:
         function = self._function()
-        input_specs = function.structured_input_signature[1]
-        output_specs = function.structured_outputs
-        for _, name in self.inputs:
-            if name not in input_specs:
-                raise TFOSConfigError(f"input_mapping names input {name!r}, but signature {self.signature!r} takes "
-                                      f"{sorted(input_specs)}")
-        for name, _ in self.outputs:
-            if name not in output_specs:
-                raise TFOSConfigError(f"output_mapping names output {name!r}, but signature {self.signature!r} gives "
-                                      f"{sorted(output_specs)}")
-        return input_specs, output_specs
+        self._check(function.inputs, function.outputs)
+        return function.inputs, function.outputs
+
+    def driver_schema(self) -> Any:
+        """The output schema read here on the driver, or None when ``export_dir`` is not a local path.
+
+        A SavedModel's signature is read from its ``saved_model.pb`` alone (no variables); a
+        Keras file is loaded (and kept for later transforms in this process).
+        """
+        from tfos.ml._models import is_local, local_copy
+
+        if not is_local(self.export_dir):
+            return None
+        path = local_copy(self.export_dir)
+        if _is_model_file(path):
+            if not os.path.isfile(path):
+                raise TFOSConfigError(f"export_dir {self.export_dir} does not exist: point it at a Keras model file "
+                                      "or a SavedModel directory")
+            return self.schema(self._specs()[1])
+        if not os.path.isdir(path):
+            raise TFOSConfigError(f"export_dir {self.export_dir} does not exist: point it at a SavedModel directory "
+                                  "or a Keras model file (.keras, .h5)")
+        if not os.path.exists(os.path.join(path, "saved_model.pb")):
+            return None  # e.g. a text-format SavedModel: let TensorFlow itself read it
+        input_specs, output_specs = _read_signature_def(path, self.tags, self.signature)
+        self._check(input_specs, output_specs)
+        return self.schema(output_specs)
 
     def schema(self, output_specs: dict[str, Any]) -> Any:
         """The Spark schema of the output columns, from the signature's output specs."""
@@ -363,6 +479,7 @@ class _SavedModelRunner:
         yield self.schema(self._specs()[1]).json()
 
     def __call__(self, batches: Iterator[Any]) -> Iterator[Any]:
+        import numpy as np
         import pyarrow as pa
         import tensorflow as tf
         from pyspark import TaskContext
@@ -376,9 +493,10 @@ class _SavedModelRunner:
         partition = TaskContext.get().partitionId()
         offset = 0
         for batch in batches:
-            arrays = {name: _arrow_column(batch.column(column), column, partition, offset)
+            arrays = {name: _arrow_column(batch.field(column), column, partition, offset)
                       for column, name in self.inputs}
-            for start in range(0, batch.num_rows, self.batch_size):
+            chunks: list[list[Any]] = [[] for _ in self.outputs]
+            for start in range(0, len(batch), self.batch_size):
                 feeds = {}
                 for name, values in arrays.items():
                     spec = input_specs[name]
@@ -387,11 +505,41 @@ class _SavedModelRunner:
                     if shape is not None and None not in shape and tensor.shape != shape:
                         tensor = tf.reshape(tensor, shape)
                     feeds[name] = tensor
-                results = function(**feeds)
-                columns = [_arrow_output(results[name].numpy(), field.type)
-                           for (name, _), field in zip(self.outputs, arrow_schema)]
-                yield pa.RecordBatch.from_arrays(columns, schema=arrow_schema)
-            offset += batch.num_rows
+                results = function.call(feeds)
+                for k, ((name, _), field) in enumerate(zip(self.outputs, arrow_schema)):
+                    chunks[k].append(_arrow_output(np.asarray(results[name]), field.type))
+            columns = [pa.concat_arrays(c) if c else pa.array([], type=f.type) for c, f in zip(chunks, arrow_schema)]
+            yield pa.StructArray.from_arrays(columns, fields=list(arrow_schema))
+            offset += len(batch)
+
+
+def _model_source(path: str) -> Any:
+    from tfos.ml._models import ModelSource
+
+    return ModelSource(model_path=path)
+
+
+def _read_signature_def(export_dir: str, tags: str, signature: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A SavedModel signature's input and output specs, from ``saved_model.pb`` alone (driver)."""
+    import tensorflow as tf
+    from tensorflow.python.saved_model import loader_impl
+
+    saved = loader_impl.parse_saved_model(export_dir)
+    wanted = {t for t in tags.split(",") if t}
+    graphs = [g for g in saved.meta_graphs if not wanted or set(g.meta_info_def.tags) == wanted]
+    if not graphs:
+        raise TFOSConfigError(f"SavedModel {export_dir} has no graph with tags {sorted(wanted)}; it has "
+                              f"{[sorted(g.meta_info_def.tags) for g in saved.meta_graphs]} (set tag_set)")
+    signatures = graphs[0].signature_def
+    if signature not in signatures:
+        raise TFOSConfigError(f"SavedModel {export_dir} has no signature {signature!r}; it has {sorted(signatures)}")
+
+    def specs(infos: Any) -> dict[str, Any]:
+        return {name: tf.TensorSpec(shape=tf.TensorShape(info.tensor_shape), dtype=tf.as_dtype(info.dtype))
+                for name, info in infos.items()}
+
+    definition = signatures[signature]
+    return specs(definition.inputs), specs(definition.outputs)
 
 
 def _arrow_output(value: Any, arrow_type: Any) -> Any:
