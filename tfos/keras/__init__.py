@@ -1,4 +1,26 @@
-"""Keras helpers for main_fun (node process): progress reports to the driver.
+"""Keras helpers for main_fun (node process): multi-worker Keras 3 training, progress reports.
+
+``fit(model, dataset, ...)`` and ``evaluate(model, dataset, ...)`` train and evaluate a
+Keras 3 model compiled in ``strategy.scope()`` under ``MultiWorkerMirroredStrategy``,
+where Keras 3's own ``model.fit`` fails (keras-team/keras#20585): a custom loop with the
+model's compiled loss, optimizer and metrics, equal steps on every worker, metrics
+aggregated across workers and the Keras callbacks that matter on a cluster
+(ModelCheckpoint, BackupAndRestore, EarlyStopping, TensorBoard). See ``tfos.keras._fit``
+for how. tf-keras models go to their own ``model.fit``::
+
+    def main_fun(args, ctx):
+        import keras
+        import tensorflow as tf
+        import tfos.keras
+
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        with strategy.scope():
+            model = build_and_compile_model()      # keras.Sequential(...).compile(...)
+        dataset = ctx.get_data_feed().as_dataset(64 * ctx.num_workers)
+        history = tfos.keras.fit(model, dataset, epochs=10,
+                                 callbacks=[tfos.keras.progress_callback(ctx)])
+
+    cluster = tfos.run(sc, main_fun, args, 2, input_mode=tfos.InputMode.SPARK, keras=3)
 
 ``progress_callback(ctx)`` returns a Keras callback that reports the step, the epoch
 and Keras' own logs (loss, metrics, validation metrics) with ``ctx.report``, so the
@@ -12,7 +34,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-__all__ = ["progress_callback"]
+from tfos.keras._fit import evaluate, fit
+
+__all__ = ["evaluate", "fit", "progress_callback"]
 
 
 def progress_callback(ctx: Any, every_secs: float = 0.5) -> Any:
