@@ -101,6 +101,7 @@ def spark_context(app_name: str, master: str | None, default_master: str):
         conf.setMaster(master or default_master)
         conf.setIfMissing("spark.driver.host", "127.0.0.1").setIfMissing("spark.driver.bindAddress", "127.0.0.1")
     conf.setIfMissing("spark.ui.enabled", "false").setIfMissing("spark.locality.wait", "0")
+    conf.setIfMissing("spark.ui.showConsoleProgress", "false")  # tfos's own progress view shows the nodes
     sc = SparkContext.getOrCreate(conf)
     sc.setLogLevel("ERROR")
     return sc
