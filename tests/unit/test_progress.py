@@ -41,9 +41,11 @@ def test_rates_follow_the_row_count_and_restart_from_zero():
 
 
 def test_modes_and_metric_formatting(monkeypatch):
-    assert progress_mode(False) is None and progress_mode(True) == "live"
+    assert progress_mode(False) is None
     monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
-    assert progress_mode(None) == "log"
+    assert progress_mode(None) == progress_mode(True) == "log"
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    assert progress_mode(None) == progress_mode(True) == "live"
     assert format_metrics({"loss": 0.123456, "step": 7, "phase": "eval"}) == "loss=0.1235 step=7 phase=eval"
 
 

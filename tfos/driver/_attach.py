@@ -14,7 +14,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tfos import errors
@@ -30,7 +30,7 @@ class Handle:
 
     name: str
     address: str
-    secret: str
+    secret: str = field(repr=False)
     cluster_spec: dict[str, list[str]]
     master: str
     app_id: str

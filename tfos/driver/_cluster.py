@@ -291,9 +291,8 @@ class Cluster:
             sup.on_teardown(metrics.stop)
         try:
             sup.start()
-        except BaseException:
-            if metrics is not None:
-                metrics.stop()
+        except BaseException:  # incl. Ctrl-C while nodes register: stop what was started
+            sup.teardown("start failed or was interrupted")
             raise
         self._atexit = _register_atexit(self)
         mode = progress_mode(self.config.progress)

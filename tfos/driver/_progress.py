@@ -78,9 +78,7 @@ def progress_mode(progress: bool | None) -> str | None:
     """``"live"``, ``"log"`` or None (off) for ``tfos.run(progress=...)``."""
     if progress is False:
         return None
-    if progress is None:
-        return "live" if sys.stderr.isatty() else "log"
-    return "live"
+    return "live" if sys.stderr.isatty() else "log"
 
 
 class ProgressView:

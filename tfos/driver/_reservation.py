@@ -15,6 +15,7 @@ Clients speak to the control server with the cluster secret (from the handle fil
 from __future__ import annotations
 
 import base64
+import hmac
 import logging
 import secrets
 import threading
@@ -49,6 +50,8 @@ class Run:
     id: str
     started: float
     done: bool = False
+    #: Set once its chief and workers are done (or it failed): failures while its nodes stop are not its own.
+    stopping: bool = False
     error: dict[str, Any] | None = None
 
 
@@ -125,14 +128,16 @@ class Reservation:
 
     # ---- failures ----------------------------------------------------------------------------
     def _on_failure(self, failure: TFOSError) -> bool:
-        """A node failure fails the run under way alone; a lost agent fails the reservation."""
+        """A node failure fails the run under way alone; only a lost agent fails the reservation."""
+        if getattr(failure, "agent_lost", False):
+            return False
         with self._lock:
             run = self._current
-            if getattr(failure, "agent_lost", False) or run is None or run.done:
-                return False
-            if run.error is None:
+            if run is not None and not run.stopping and run.error is None:
                 run.error = _error_fields(failure)
                 log.error("run %s failed: %s", run.id, failure)
+            elif run is None or run.stopping:  # e.g. a ps killed while its run was being stopped
+                log.warning("a node failed outside a run: %s", str(failure).splitlines()[0])
         server = self._supervisor.server
         with server._cond:  # the failure is the run's now: the monitor need not see it again
             for node in server.nodes().values():
@@ -148,6 +153,8 @@ class Reservation:
         workers = [eid for eid, (job, _) in self.template.items() if job in FEEDING_JOBS]
         server.wait(lambda: finished(server, workers) or run.error is not None
                     or sup.state is not ClusterState.RUNNING, timeout=None)
+        with self._lock:
+            run.stopping = True
         server.post({"type": "stop", "reason": "run failed" if run.error else "run finished"})
         idle = server.wait(lambda: not any(n.agent_busy for n in server.nodes().values()), timeout=STOP_GRACE_SECS)
         if not idle:
@@ -161,7 +168,7 @@ class Reservation:
     # ---- RPC handlers (gRPC threads) ---------------------------------------------------------
     def _submit(self, msg: dict[str, Any]) -> dict[str, Any]:
         data, mac = str(msg["main"]), str(msg["mac"])
-        if sign(base64.b64decode(data), self.secret) != mac:
+        if not hmac.compare_digest(sign(base64.b64decode(data), self.secret), mac):
             raise AuthError("Submit: main_fun is not signed with the cluster secret")
         with self._lock:
             if self._supervisor.state is not ClusterState.RUNNING or self.release_requested.is_set():

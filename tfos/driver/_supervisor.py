@@ -203,7 +203,7 @@ class Supervisor:
         nodes = server.nodes()
         if len(nodes) == len(self.template):  # else no node got the spec, so none started a process
             server.post({"type": "stop", "reason": reason})
-            server.wait(lambda: all(n.exited for n in nodes.values()), timeout=15)
+            server.wait(lambda: all(n.exited or n.idle_agent for n in nodes.values()), timeout=15)
         server.abort(reason)
         self.jobs.stop(gen)
         server.stop()

@@ -32,7 +32,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tfos import _constants as C
@@ -52,7 +52,7 @@ class NodePayload:
 
     cluster_id: str
     server_address: str
-    secret: str
+    secret: str = field(repr=False)
     executor_id: int
     job_name: str
     task_index: int
@@ -63,7 +63,7 @@ class NodePayload:
     tensorboard: bool
     log_dir: str | None
     release_port: bool
-    main: bytes
+    main: bytes = field(repr=False)
     fds: dict[str, int]
     executor_pid: int | None
     log_offset: int
@@ -76,7 +76,7 @@ class NodeLauncher:
 
     cluster_id: str
     server_address: str
-    secret: str
+    secret: str = field(repr=False)
     template: dict[int, Role]
     input_mode: int
     tensorboard: bool
@@ -84,7 +84,7 @@ class NodeLauncher:
     release_port: bool
     reservation_timeout: float
     default_fs: str
-    main: bytes
+    main: bytes = field(repr=False)
     num_gpus: int = 0
     hold: bool = False
     keras: int | None = None
