@@ -15,19 +15,13 @@ import sys
 import numpy as np
 
 import tfos
+from tests.integration.test_cluster import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def digits_split(seed: int = 0):
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = (digits.data / 16.0).astype(np.float32)
-    y = digits.target.astype(np.int64)
-    order = np.random.default_rng(seed).permutation(len(x))
-    cut = int(0.8 * len(x))
-    return (x[order[:cut]], y[order[:cut]]), (x[order[cut:]], y[order[cut:]])
+# The examples' own split (pickled by value, so nodes need not find scripts/).
+digits_split = load_script("train_digits").load_digits_split
 
 
 def build_model():
