@@ -137,7 +137,7 @@ def main_fun(args, ctx):
                          lambda: tf.zeros(2))
         return optional.has_value(), losses
 
-    dataset = strategy.experimental_distribute_dataset(ctx.get_data_feed().as_dataset(global_batch))
+    dataset = strategy.experimental_distribute_dataset(ctx.get_data_feed().as_dataset(args.batch_size))
     fixed_noise = np.random.default_rng(0).normal(size=(CLASSES * CLASSES, NOISE)).astype(np.float32)
     fixed_digits = np.repeat(np.arange(CLASSES), CLASSES)
     os.makedirs(args.output_dir, exist_ok=True)

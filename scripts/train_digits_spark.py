@@ -35,8 +35,8 @@ def train_fun(args, ctx):
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
         model = build_model()
-    # One pass = one epoch fed by train(); under MWMS a batch is split across the workers.
-    dataset = ctx.get_data_feed().as_dataset(args.batch_size * ctx.num_workers)
+    # One pass = one epoch fed by train(), of a length Keras knows; batch_size rows per worker a step.
+    dataset = ctx.get_data_feed().as_dataset(args.batch_size)
     model.fit(dataset, epochs=args.epochs, verbose=0, callbacks=[progress_callback(ctx)])
     export(model, ctx, args.export_dir)
 
@@ -77,11 +77,8 @@ def main(argv=None) -> float:
     sc = spark_context("tfos-digits-spark", args.master, f"local-cluster[{args.cluster_size},1,1024]")
     spark = SparkSession(sc)
     (x_train, y_train), (x_test, y_test) = load_digits_split()
-    # One partition per node: each executor runs one task an epoch, so every node gets the same rows
-    # every epoch. tf-keras needs that when it cannot know an epoch's length: it takes the first
-    # epoch's step count for every later epoch and stops training when an epoch runs short.
     train_df = spark.createDataFrame([(x.tolist(), int(y)) for x, y in zip(x_train, y_train)],
-                                     "features array<float>, label long").repartition(args.cluster_size)
+                                     "features array<float>, label long")
     test_df = spark.createDataFrame([(x.tolist(),) for x in x_test], "features array<float>")
     try:
         with tfos.run(sc, train_fun, args, args.cluster_size, input_mode=tfos.InputMode.SPARK,

@@ -38,15 +38,18 @@ def seen_ids(out):
     return sorted(ids)
 
 
-def test_rdd_feed_reaches_each_worker_exactly_once_per_epoch(sc, tmp_path, no_leftovers):
-    n = 3001
+@pytest.mark.parametrize("balance", [True, False])
+def test_rdd_feed_reaches_each_worker_exactly_once_per_epoch(sc, tmp_path, no_leftovers, balance):
+    n = 3000
     cluster = tfos.run(sc, drain_ids, {"out": str(tmp_path)}, 2, input_mode=tfos.InputMode.SPARK)
-    cluster.train(rows_rdd(sc, n, 5), num_epochs=2)
+    cluster.train(rows_rdd(sc, n, 5), num_epochs=2, balance=balance)
     cluster.shutdown()
     assert seen_ids(tmp_path) == sorted(list(range(n)) * 2)
     counts = cluster.consumed_rows()
     assert set(counts) == {"chief:0", "worker:0"}
     assert sum(counts.values()) == 2 * n
+    if balance:
+        assert counts == {"chief:0": n, "worker:0": n}
 
 
 def drain_dataframe(args, ctx):
@@ -216,19 +219,81 @@ def fit_from_feed(args, ctx):
     with strategy.scope():
         model = tf.keras.Sequential([tf.keras.Input(shape=(8,)), tf.keras.layers.Dense(4)])
         model.compile(optimizer="sgd", loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    history = model.fit(ctx.get_data_feed().as_dataset(32), epochs=2, verbose=0)
+    dataset = ctx.get_data_feed().as_dataset(32)
+    steps = []
+
+    class Steps(tf.keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            steps.append(0)
+
+        def on_train_batch_end(self, batch, logs=None):
+            steps[-1] = batch + 1
+
+    model.fit(dataset, epochs=2, verbose=0, callbacks=[Steps()])
     with open(os.path.join(args["out"], f"{ctx.job_name}.json"), "w") as f:
-        json.dump(len(history.history["loss"]), f)
+        json.dump({"cardinality": int(dataset.cardinality()), "steps": steps}, f)
 
 
-def test_synchronous_keras_fit_on_uneven_partitions_ends_epochs_together(sc, tmp_path, no_leftovers):
-    # 3 partitions of very different sizes on 2 executors: the nodes get unequal rows.
-    data = sc.parallelize(range(1000), 1).map(lambda i: (np.full(8, i % 7, np.float32), i % 4))
-    data = data.union(sc.parallelize(range(1000, 1100), 1).map(lambda i: (np.zeros(8, np.float32), 1)))
-    data = data.union(sc.parallelize(range(1100, 1137), 1).map(lambda i: (np.ones(8, np.float32), 2)))
+def skewed_rdd(sc, sizes=(1000, 100, 37)):
+    """Partitions of very different sizes, rows ``(features, label)`` whose label is the row id."""
+    starts = np.cumsum((0, *sizes))
+    return sc.parallelize(range(len(sizes)), len(sizes)).flatMap(
+        lambda p: ((np.full(8, i % 7, np.float32), i) for i in range(starts[p], starts[p + 1])))
+
+
+@pytest.mark.parametrize("balance", [True, False])
+def test_synchronous_keras_fit_on_uneven_partitions_ends_epochs_together(sc, tmp_path, no_leftovers, balance):
+    # 3 partitions of very different sizes on 2 executors: unbalanced, the nodes get unequal rows.
+    data = skewed_rdd(sc).map(lambda row: (row[0], row[1] % 4))
     cluster = tfos.run(sc, fit_from_feed, {"out": str(tmp_path)}, 2, input_mode=tfos.InputMode.SPARK)
-    cluster.train(data, num_epochs=2, feed_timeout=120)
+    cluster.train(data, num_epochs=2, feed_timeout=120, balance=balance)
     cluster.shutdown(timeout=180)
-    assert json.loads((tmp_path / "chief.json").read_text()) == 2
-    assert json.loads((tmp_path / "worker.json").read_text()) == 2
-    assert sum(cluster.consumed_rows().values()) == 2 * 1137
+    chief, worker = (json.loads((tmp_path / f"{job}.json").read_text()) for job in ("chief", "worker"))
+    assert len(chief["steps"]) == len(worker["steps"]) == 2
+    if balance:
+        # 1137 rows, 2 workers: 568 each an epoch, known to Keras before it starts (-(-568 // 32) == 18 steps)
+        assert chief == worker == {"cardinality": 18, "steps": [18, 18]}
+        assert cluster.consumed_rows() == {"chief:0": 2 * 568, "worker:0": 2 * 568}
+    else:
+        assert chief["cardinality"] == worker["cardinality"] == -2  # unknown
+        assert sum(cluster.consumed_rows().values()) == 2 * 1137
+
+
+def ids_by_epoch(args, ctx):
+    """Iterates as_dataset once per epoch; records each epoch's ids and the dataset's cardinality."""
+    dataset = ctx.get_data_feed().as_dataset(50)
+    epochs = [[int(i) for _, ids in dataset for i in ids.numpy()] for _ in range(args["epochs"])]
+    with open(os.path.join(args["out"], f"{ctx.job_name}.json"), "w") as f:
+        json.dump({"cardinality": int(dataset.cardinality()), "epochs": epochs}, f)
+
+
+def test_balanced_epochs_route_rows_across_executors_and_rotate_the_left_over(sc, tmp_path, no_leftovers):
+    epochs, n = 3, 1137
+    cluster = tfos.run(sc, ids_by_epoch, {"out": str(tmp_path), "epochs": epochs}, 2,
+                       input_mode=tfos.InputMode.SPARK)
+    cluster.train(skewed_rdd(sc), num_epochs=epochs)
+    cluster.shutdown()
+    chief, worker = (json.loads((tmp_path / f"{job}.json").read_text()) for job in ("chief", "worker"))
+    assert chief["cardinality"] == worker["cardinality"] == 12  # -(-568 // 50): not multiplied by the workers
+    left_out = []
+    for e in range(epochs):
+        assert len(chief["epochs"][e]) == len(worker["epochs"][e]) == 568
+        fed = sorted(chief["epochs"][e] + worker["epochs"][e])
+        assert len(set(fed)) == len(fed) == n - 1  # once each, bar the one row left over
+        left_out += sorted(set(range(n)) - set(fed))
+    assert left_out == [0, 1, 2]  # epoch e leaves out the row at position e * (1137 % 2)
+
+
+def read_to_the_end(args, ctx):
+    feed = ctx.get_data_feed()
+    while feed.next_batch_arrays(50) is not None:
+        pass
+
+
+def test_fewer_rows_than_workers_is_refused_before_feeding(sc, no_leftovers):
+    cluster = tfos.run(sc, read_to_the_end, None, 2, input_mode=tfos.InputMode.SPARK)
+    try:
+        with pytest.raises(tfos.FeedDataError, match="1 rows, fewer than the 2 chief / worker nodes"):
+            cluster.train(rows_rdd(sc, 1, 1))
+    finally:
+        cluster.shutdown()

@@ -75,7 +75,7 @@ def fit_fun(args, ctx):
     (x_train, y_train), (x_test, y_test) = digits_split()
     test = unsharded(tf.data.Dataset.from_tensor_slices((x_test, y_test)).batch(64))
     if args["mode"] == "spark":
-        dataset = ctx.get_data_feed().as_dataset(32 * ctx.num_workers)
+        dataset = ctx.get_data_feed().as_dataset(32)  # per worker
         validation = None
     else:
         dataset = tf.data.Dataset.from_tensor_slices((x_train, y_train)).shuffle(2048, seed=1).batch(64)
@@ -85,7 +85,8 @@ def fit_fun(args, ctx):
     result = tfos.keras.evaluate(model, test, verbose=0)
     if ctx.job_name == "chief":
         model.save(os.path.join(args["out"], "model.keras"))
-    write_result(args, ctx, history=history.history, evaluate=result, digest=weights_digest(model))
+    write_result(args, ctx, history=history.history, evaluate=result, digest=weights_digest(model),
+                 cardinality=int(dataset.cardinality()), steps=int(model.optimizer.iterations.numpy()))
 
 
 def check_in_sync(out, epochs):
@@ -121,6 +122,9 @@ def test_spark_fed_keras3_fit_trains_both_workers_in_sync(sc, tmp_path, no_lefto
         cluster.train(df, num_epochs=epochs)
     chief = check_in_sync(tmp_path, epochs)
     assert chief["history"]["accuracy"][-1] > chief["history"]["accuracy"][0]
+    # balanced epochs of a length known to fit: each worker gets half the rows, 32 of them a step
+    steps = -(-(len(x_train) // 2) // 32)
+    assert chief["cardinality"] == steps and chief["steps"] == epochs * steps, chief
     # the chief's Keras 3 model loads on the driver (any TF_USE_LEGACY_KERAS: `keras` is Keras 3)
     assert driver_accuracy(str(tmp_path / "model.keras")) >= 0.9
 

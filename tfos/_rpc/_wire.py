@@ -22,7 +22,7 @@ from tfos.errors import AuthError, ProtocolError, TFOSError
 log = logging.getLogger(__name__)
 
 SERVICE = "tfos.Control"
-METHODS = ("Register", "AwaitSpec", "Poll", "Report", "FeedError", "Terminate", "Log", "Metrics",
+METHODS = ("Register", "AwaitSpec", "Poll", "Report", "FeedError", "FeedPlan", "Terminate", "Log", "Metrics",
            "AgentPoll", "AgentDone",  # held nodes' agents (tfos reserve)
            "Status", "Submit", "RunState", "Logs", "Release",  # clients of a reservation (tfos.attach, the CLI)
            "Reserve", "Reservations", "RequestStop")  # tfos.compat.reservation

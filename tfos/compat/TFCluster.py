@@ -50,11 +50,12 @@ class TFCluster:
 
         if isinstance(dataRDD, DStream):
             dataRDD.foreachRDD(lambda rdd: None if rdd.isEmpty() else self.cluster.train(
-                rdd, num_epochs=1, feed_timeout=feed_timeout, qname=qname))
+                rdd, num_epochs=1, feed_timeout=feed_timeout, qname=qname, balance=False))
             return
         if isinstance(num_epochs, int) and num_epochs == 0:
             num_epochs = DEFAULT_EPOCHS
-        self.cluster.train(dataRDD, num_epochs=num_epochs, feed_timeout=feed_timeout, qname=qname)
+        # TensorFlowOnSpark feeds every row each epoch, wherever its partition ran
+        self.cluster.train(dataRDD, num_epochs=num_epochs, feed_timeout=feed_timeout, qname=qname, balance=False)
 
     def inference(self, dataRDD: Any, feed_timeout: float = 600, qname: str = "input") -> Any:  # noqa: N803
         """Feeds ``dataRDD`` for inference; returns the RDD of results (one per row, in order)."""

@@ -156,11 +156,19 @@ class Cluster:
         return None
 
     def train(self, data: Any, num_epochs: int = 1, feed_timeout: float = 600, qname: str = "input",
-              checkpoint_location: str | None = None) -> None:
+              checkpoint_location: str | None = None, balance: bool = True) -> None:
         """Feeds ``data`` to the chief and workers ``num_epochs`` times (InputMode.SPARK).
 
-        Each epoch is one Spark job; every row reaches exactly one node once per epoch,
-        in chunks streamed to the node on the executor that computed its partition.
+        Each epoch is one Spark job, streaming rows in chunks to the node on the executor
+        that computed their partition. Epochs are balanced: a counting job first finds the
+        ``N`` rows, then every epoch gives each of the ``W`` chief / worker nodes exactly
+        ``N // W`` rows (sending part of a partition to another executor's node when
+        balance needs it), and nodes know that number before the epoch starts, so
+        ``DataFeed.as_dataset`` reports the epoch's steps to TensorFlow. The ``N % W``
+        rows left over sit the epoch out, different ones each epoch (epoch ``e`` leaves
+        out the ``N % W`` rows from position ``e * (N % W)``, mod ``N``, in partition
+        order). With ``balance=False`` every row reaches one node once per epoch, nodes
+        get what their executors computed, and the epoch length is unknown to them.
         Returns when the last epoch has been handed over (nodes may still be consuming
         their buffers) or early, after the current epoch, once a node called
         ``DataFeed.terminate()``.
@@ -179,6 +187,8 @@ class Cluster:
             checkpoint_location: for a streaming DataFrame, the query's checkpoint directory
                 (any Hadoop filesystem); restarting ``train`` with the same one resumes the
                 stream and never feeds a micro-batch twice. Default: a temporary directory.
+            balance: balanced, known-length epochs (above); a streaming DataFrame is never
+                balanced.
 
         Raises:
             FeedDataError: a row does not fit its batch (names the partition and row).
@@ -188,7 +198,7 @@ class Cluster:
         if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
             raise TFOSConfigError(f"num_epochs must be an integer >= 1; got {num_epochs!r}")
         self._require_spark_mode("train")
-        self._feeding.train(data, num_epochs, feed_timeout, qname, checkpoint_location)
+        self._feeding.train(data, num_epochs, feed_timeout, qname, checkpoint_location, balance=bool(balance))
 
     def inference(self, data: Any, feed_timeout: float = 600, qname: str = "input") -> Any:
         """Feeds ``data`` to the nodes and returns an RDD of their results (InputMode.SPARK).

@@ -24,6 +24,7 @@ from tfos.driver import _spark
 from tfos.driver._supervisor import ClusterState, Supervisor, role
 from tfos.errors import AuthError, FeedDataError, FeedTimeoutError, TFOSConfigError, TFOSError
 from tfos.executor._bootstrap import FEEDING_JOBS
+from tfos.feed._balance import EpochPlan
 from tfos.feed._feeder import Consumer, Feeder
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class Feeding:
         return [eid for eid, (job, _) in sorted(self.supervisor.template.items()) if job in FEEDING_JOBS]
 
     def train(self, data: Any, num_epochs: int, feed_timeout: float, qname: str,
-              checkpoint_location: str | None = None) -> None:
+              checkpoint_location: str | None = None, balance: bool = True) -> None:
         self._require_running("train", feed_timeout)
         if _spark.is_streaming(data):
             if num_epochs != 1:
@@ -57,7 +58,13 @@ class Feeding:
             self._train_stream(data, feed_timeout, qname, checkpoint_location)
             return
         rdd, arrow = _spark.as_rdd(data)
-        if not self._announce(qname, rdd, arrow):
+        counts = None
+        if balance:
+            counts = _spark.partition_counts(self.sc, rdd, arrow, f"tfos feed {qname!r}: counting rows per partition")
+            if sum(counts):
+                EpochPlan(counts, self.consumer_ids(), 0)  # fails early when there are fewer rows than nodes
+        if (counts is not None and not sum(counts)) or not self._announce(qname, rdd, arrow, counts):
+            log.warning("nothing to feed to queue %r: the data is empty", qname)
             return
         for n in range(num_epochs):
             if self.supervisor.server.terminated(qname):
@@ -65,7 +72,9 @@ class Feeding:
                 break
             epoch = self._epochs.get(qname, 0)
             self._epochs[qname] = epoch + 1
-            feeder = self._feeder(qname, epoch, feed_timeout, arrow)
+            if counts is not None:
+                self.supervisor.server.set_plan(qname, epoch, EpochPlan(counts, self.consumer_ids(), epoch))
+            feeder = self._feeder(qname, epoch, feed_timeout, arrow, balanced=counts is not None)
             self._run_job(lambda f=feeder: rdd.mapPartitionsWithIndex(f).collect(), qname,
                           f"tfos feed {qname!r} epoch {n + 1}/{num_epochs}")
             self.supervisor.server.post({"type": "feed_end", "qname": qname, "epoch": epoch}, self.consumer_ids())
@@ -151,27 +160,28 @@ class Feeding:
         if not isinstance(feed_timeout, (int, float)) or feed_timeout <= 0:
             raise TFOSConfigError(f"feed_timeout must be a positive number of seconds; got {feed_timeout!r}")
 
-    def _feeder(self, qname: str, epoch: int | None, feed_timeout: float, arrow: bool) -> Feeder:
+    def _feeder(self, qname: str, epoch: int | None, feed_timeout: float, arrow: bool,
+                balanced: bool = False) -> Feeder:
         gen = self.supervisor.generation
         nodes = gen.server.nodes()
         consumers = tuple(Consumer(eid, role(nodes[eid]), nodes[eid].info["host"], nodes[eid].info["feed_port"])
                           for eid in self.consumer_ids())
         return Feeder(cluster_id=gen.cluster_id, secret=self.supervisor.secret, server_address=gen.address,
                       qname=qname, epoch=epoch, consumers=consumers, feed_timeout=float(feed_timeout),
-                      local_mode=gen.server.local_mode, arrow=arrow)
+                      local_mode=gen.server.local_mode, arrow=arrow, balanced=balanced)
 
-    def _announce(self, qname: str, rdd: Any, arrow: bool) -> bool:
-        """Tells the nodes the columns of ``qname`` (from the first row); False if no rows."""
-        if qname in self._schemas:
-            return True
-        with _spark.described(self.sc, None, f"tfos feed {qname!r}: first row for the schema"):
-            first = rdd.take(1)
-        if not first:
-            log.warning("nothing to feed to queue %r: the data is empty", qname)
-            return False
-        _, schema = next(self._feeder(qname, 0, 1.0, arrow)._chunks(-1, iter(first)))
-        self._schemas[qname] = schema
-        self.supervisor.server.post({"type": "feed_begin", "qname": qname, "schema": schema}, self.consumer_ids())
+    def _announce(self, qname: str, rdd: Any, arrow: bool, counts: list[int] | None = None) -> bool:
+        """Tells the nodes the columns of ``qname`` (from the first row) and, for balanced epochs,
+        the rows each node gets an epoch; False if there are no rows."""
+        if qname not in self._schemas:
+            with _spark.described(self.sc, None, f"tfos feed {qname!r}: first row for the schema"):
+                first = rdd.take(1)
+            if not first:
+                return False
+            _, self._schemas[qname] = next(self._feeder(qname, 0, 1.0, arrow)._chunks(-1, iter(first)))
+        rows = sum(counts) // len(self.consumer_ids()) if counts else None
+        self.supervisor.server.post({"type": "feed_begin", "qname": qname, "schema": self._schemas[qname],
+                                     "epoch_rows": rows}, self.consumer_ids())
         return True
 
     def _run_job(self, action: Callable[[], Any], qname: str, description: str) -> None:

@@ -19,7 +19,8 @@ from typing import Any
 from tfos import _constants as C
 from tfos._rpc import serve
 from tfos.driver._template import Role, cluster_spec
-from tfos.errors import ProtocolError
+from tfos.errors import FeedDataError, ProtocolError
+from tfos.feed._balance import EpochPlan
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class ControlServer:
         self._feed_errors: list[dict[str, Any]] = []
         self._launch_errors: dict[int, dict[str, str]] = {}
         self._terminated: set[str] = set()
+        self._plans: dict[tuple[str, int], EpochPlan] = {}
         self._listeners: list[Callable[[], None]] = []
         self._server = None
         self.port = 0
@@ -89,7 +91,8 @@ class ControlServer:
     # ---- lifecycle -------------------------------------------------------------------
     def start(self, host: str) -> int:
         handlers = {"Register": self._register, "AwaitSpec": self._await_spec, "Poll": self._poll,
-                    "Report": self._report, "FeedError": self._feed_error, "Terminate": self._terminate,
+                    "Report": self._report, "FeedError": self._feed_error, "FeedPlan": self._feed_plan,
+                    "Terminate": self._terminate,
                     "Log": self._log, "Metrics": self._metrics, "AgentPoll": self._agent_poll,
                     "AgentDone": self._agent_done, **self._extra_handlers}
         # Every node holds one long-poll at a time; leave room for reports and feeders.
@@ -157,7 +160,7 @@ class ControlServer:
         seq = _field(msg, "seq", int)
         with self._cond:
             node.last_seen = time.monotonic()
-            if isinstance(msg.get("stats"), dict):
+            if isinstance(msg.get("stats"), dict) and not _final(node):
                 node.stats = msg["stats"]
             self._cond.wait_for(lambda: len(node.events) > seq or self._abort_reason is not None,
                                 timeout=C.get_float(C.POLL_HOLD_SECS))
@@ -204,7 +207,8 @@ class ControlServer:
             raise ProtocolError("field 'stats' must be an object")
         with self._cond:
             node.last_seen = time.monotonic()
-            node.stats = stats
+            if not _final(node):
+                node.stats = stats
             self._cond.notify_all()
         return {"ok": True}
 
@@ -216,6 +220,25 @@ class ControlServer:
             self._cond.notify_all()
         self._notify()
         return {"ok": True}
+
+    def _feed_plan(self, msg: dict[str, Any]) -> dict[str, Any]:
+        key = (_field(msg, "qname", str), _field(msg, "epoch", int))
+        executor_id = msg.get("executor_id") if isinstance(msg.get("executor_id"), int) else None
+        with self._cond:
+            plan = self._plans.get(key)
+        if plan is None:
+            raise ProtocolError(f"no balanced plan for queue {key[0]!r} epoch {key[1]}")
+        try:
+            segments = plan.segments(_field(msg, "partition", int), executor_id)
+        except FeedDataError as exc:
+            raise ProtocolError(str(exc)) from None
+        return {"segments": segments}
+
+    def set_plan(self, qname: str, epoch: int, plan: EpochPlan) -> None:
+        """Routes the feeding tasks of ``qname``'s ``epoch`` by ``plan`` (older epochs' plans are dropped)."""
+        with self._cond:
+            self._plans = {key: p for key, p in self._plans.items() if key[0] != qname}
+            self._plans[(qname, epoch)] = plan
 
     def _terminate(self, msg: dict[str, Any]) -> dict[str, Any]:
         self._node(msg)
@@ -375,6 +398,11 @@ class ControlServer:
     def _notify(self) -> None:
         for listener in self._listeners:
             listener()
+
+
+def _final(node: NodeStatus) -> bool:
+    """Whether ``node`` sent its last stats: a poll or metrics call sent before that may arrive after it."""
+    return node.exited or node.state in (FINISHED, FAILED)
 
 
 def _field(msg: dict[str, Any], name: str, kind: type) -> Any:

@@ -135,6 +135,21 @@ def as_rdd(data: Any) -> tuple[Any, bool]:
     raise TFOSConfigError(f"data must be a pyspark RDD or DataFrame; got {type(data).__name__}")
 
 
+def partition_counts(sc: SparkContext, rdd: Any, arrow: bool, description: str) -> list[int]:
+    """Rows in each partition of ``rdd`` (of Arrow IPC streams when ``arrow``), by one Spark job."""
+
+    def count(blobs: Iterator[Any]) -> Iterator[int]:
+        if not arrow:
+            yield sum(1 for _ in blobs)
+            return
+        import pyarrow as pa
+
+        yield sum(batch.num_rows for blob in blobs for batch in pa.ipc.open_stream(blob))
+
+    with described(sc, None, description):
+        return rdd.mapPartitions(count).collect()
+
+
 def is_streaming(data: Any) -> bool:
     """True for a Structured Streaming DataFrame."""
     from pyspark.sql import DataFrame

@@ -89,48 +89,82 @@ class DataFeed:
             return None
         return _assemble(pieces)
 
-    def as_dataset(self, batch_size: int, drop_remainder: bool = False) -> Any:
-        """A ``tf.data.Dataset`` of batches; each pass over it reads one epoch of the feed.
+    def as_dataset(self, batch_size: int, drop_remainder: bool = False, distributed: bool | None = None) -> Any:
+        """A ``tf.data.Dataset`` of batches of ``batch_size`` rows; each pass over it reads one epoch of the feed.
 
         Elements are a tensor (single-column rows), a tuple of tensors (one per field,
         e.g. ``(features, label)`` for ``model.fit``) or, with ``input_mapping``, a dict.
-        Auto-sharding is off: the feed already gives each worker its own rows, and
-        workers whose epoch has fewer rows than others' finish together under
-        tf.distribute's partial-batch handling, so synchronous training does not hang.
 
-        Under MultiWorkerMirroredStrategy, Keras cannot see the batch size of a dataset
-        fed from Python and splits every batch across all replicas in sync, as for a
-        global batch: pass ``batch_size=per_worker_batch * ctx.num_workers`` to give each
-        worker ``per_worker_batch`` rows a step.
+        ``batch_size`` is per worker: under MultiWorkerMirroredStrategy (``model.fit``, or
+        ``strategy.experimental_distribute_dataset``) each worker trains on ``batch_size``
+        of its own rows a step, as on a single node. The dataset is built for the strategy
+        when this process created a multi-worker strategy before calling ``as_dataset``
+        (as MultiWorkerMirroredStrategy requires anyway); ``distributed`` overrides that
+        guess: True for a dataset to hand to a strategy, False to iterate it yourself.
+
+        When the driver balances epochs (``Cluster.train``'s default), every worker gets
+        the same rows an epoch and the dataset's cardinality is the epoch's number of
+        steps, so ``model.fit`` knows the epoch length (no ``steps_per_epoch``) and takes
+        its fast path. Run as many passes (``fit`` epochs) as ``train`` feeds epochs.
+        Without balance (streaming, ``balance=False``) the length is unknown and workers
+        whose epoch has fewer rows finish together under tf.distribute's partial batches.
         """
         import tensorflow as tf
 
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise TFOSError(f"as_dataset(batch_size) needs a positive int; got {batch_size!r}")
         schema = self._queue.wait_schema()
         if schema is None:
             raise TFOSError(f"queue {self._queue.name!r} closed before any data arrived")
         specs = [tf.TensorSpec((None, *col["shape"][1:]),
                                tf.string if col["dtype"] in VAR_KINDS else tf.as_dtype(np.dtype(col["dtype"])))
                  for col in schema["cols"]]
-        queue, mapped = self._queue, self.input_mapping
+        queue, mapped, epoch_rows = self._queue, self.input_mapping, self._queue.epoch_rows
 
-        def batches():
+        def element(pieces: list[tuple[Any, int, int]]) -> Any:
+            columns = _assemble(pieces, schema, decode=False)
+            return self._mapped(columns) if mapped else (tuple(columns) if len(columns) > 1 else columns[0])
+
+        def batches():  # one epoch of unknown length: until the driver ends it
             while True:
                 pieces, why = queue.take(batch_size * BATCHES_PER_CALL, within_epoch=True)
                 if pieces:
-                    columns = _assemble(pieces, schema, decode=False)
-                    yield self._mapped(columns) if mapped else (tuple(columns) if len(columns) > 1 else columns[0])
+                    yield element(pieces)
                 if why in (EPOCH_END, CLOSED) and not (why == EPOCH_END and pieces):
                     return
 
-        if mapped:
-            names = self._mapped(specs)
-            signature: Any = names
-        else:
-            signature = tuple(specs) if len(specs) > 1 else specs[0]
-        dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
+        def balanced_batches():  # one epoch of exactly epoch_rows rows
+            left = epoch_rows
+            while left:
+                pieces, why = queue.take(min(left, batch_size * BATCHES_PER_CALL), within_epoch=True)
+                if pieces:
+                    left -= sum(b - a for _, a, b in pieces)
+                    yield element(pieces)
+                elif why in (EPOCH_END, CLOSED):
+                    raise TFOSError(f"queue {queue.name!r}: the feed ended with {left} of this epoch's {epoch_rows} "
+                                    "rows missing; run as many passes over the dataset (fit epochs) as "
+                                    "Cluster.train feeds epochs")
+            queue.finish_epoch()
+
+        signature = self._mapped(specs) if mapped else (tuple(specs) if len(specs) > 1 else specs[0])
+        dataset = tf.data.Dataset.from_generator(balanced_batches if epoch_rows else batches,
+                                                 output_signature=signature)
+        dataset = dataset.rebatch(batch_size, drop_remainder=drop_remainder)
+        if epoch_rows:
+            steps = epoch_rows // batch_size if drop_remainder else -(-epoch_rows // batch_size)
+            dataset = dataset.apply(tf.data.experimental.assert_cardinality(steps))
+        workers = _sync_workers() if distributed is None else (_cluster_workers() if distributed else 1)
         options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-        return dataset.rebatch(batch_size, drop_remainder=drop_remainder).with_options(options).prefetch(2)
+        if workers > 1:
+            # tf.distribute takes a batch for a global one and splits it among the workers in sync, each
+            # training on its part: repeat a worker's batch once per worker and keep one copy per worker
+            # (DATA sharding), so a step trains on batch_size of its own rows and the step count stays.
+            dataset = dataset.map(lambda *xs: tf.nest.map_structure(
+                lambda x: tf.tile(x, [workers] + [1] * (len(x.shape) - 1)), xs if len(xs) > 1 else xs[0]))
+            options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        else:
+            options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        return dataset.with_options(options).prefetch(2)
 
     # ---- helpers ---------------------------------------------------------------------------------
     def _multi(self) -> bool:
@@ -179,3 +213,27 @@ def _result_columns(results: Any) -> list[Column]:
     if any(len(c) != len(columns[0]) for c in columns):
         raise TFOSError("batch_results columns differ in length")
     return columns
+
+
+def _sync_workers() -> int:
+    """Workers training in sync under the multi-worker strategy this process created, else 1."""
+    import tensorflow as tf
+
+    if tf.distribute.has_strategy():
+        return int(getattr(tf.distribute.get_strategy().extended, "_num_workers", 1))
+    from tensorflow.python.eager import context
+
+    # a MultiWorkerMirroredStrategy enables collective ops for its cluster when it is created
+    server_def = getattr(context.context(), "_collective_ops_server_def", None)
+    if server_def is None:
+        return 1
+    return _cluster_workers()
+
+
+def _cluster_workers() -> int:
+    """The chief and workers in this node's TF_CONFIG: MultiWorkerMirroredStrategy's workers."""
+    import json
+    import os
+
+    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    return max(1, len(cluster.get("chief", [])) + len(cluster.get("worker", [])))

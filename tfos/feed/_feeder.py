@@ -73,19 +73,29 @@ class Feeder:
     feed_timeout: float
     local_mode: bool
     arrow: bool
+    balanced: bool = False  # route a training epoch by the driver's EpochPlan
 
     @property
     def inference(self) -> bool:
         return self.epoch is None
 
     def __call__(self, partition: int, rows: Iterator[Any]) -> Iterator[Any]:
-        consumer, sock = self._connect(partition)
+        target: list[Consumer] = []  # the consumer being fed, named by a timeout
         try:
             if self.inference:
-                yield from self._infer(sock, consumer, partition, rows)
+                consumer, sock = self._connect(partition)
+                target.append(consumer)
+                with sock:
+                    yield from self._infer(sock, consumer, partition, rows)
+            elif self.balanced:
+                yield self._train_routed(partition, rows, target)
             else:
-                yield self._train(sock, consumer, partition, rows)
+                consumer, sock = self._connect(partition)
+                target.append(consumer)
+                with sock:
+                    yield self._train(sock, consumer, partition, rows)
         except TimeoutError:
+            consumer = target[-1]
             error = FeedTimeoutError(
                 f"node {consumer.role} (executor_id {consumer.executor_id}, host {consumer.host}) took no data "
                 f"from partition {partition} of queue {self.qname!r} for feed_timeout={self.feed_timeout}s. "
@@ -93,22 +103,23 @@ class Feeder:
                 "raise feed_timeout if it is just slow.", node=consumer.role, partition=partition)
             self._report("timeout", str(error), partition)
             raise error from None
+        except _Unreachable:
+            raise  # a node that exited: the driver's monitor names it and its error
         except TFOSError as error:
             self._report(type(error).__name__, str(error), partition)
             raise
-        finally:
-            sock.close()
 
     # ---- connection ----------------------------------------------------------------------
-    def _connect(self, partition: int) -> tuple[Consumer, socket.socket]:
+    def _connect(self, partition: int, consumer: Consumer | None = None) -> tuple[Consumer, socket.socket]:
+        """A connection to ``consumer``, by default the node on this executor or else one by partition."""
         local = None if self.local_mode else _local_executor(self.cluster_id)
-        by_id = {c.executor_id: c for c in self.consumers}
-        if local in by_id:
-            consumer = by_id[local]
+        if consumer is None:
+            by_id = {c.executor_id: c for c in self.consumers}
+            consumer = by_id.get(local) or self.consumers[partition % len(self.consumers)]  # type: ignore[arg-type]
+        if consumer.executor_id == local:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             address: Any = unix_socket_path(self.cluster_id, consumer.executor_id)
         else:
-            consumer = self.consumers[partition % len(self.consumers)]
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             address = (consumer.host, consumer.feed_port)
@@ -121,8 +132,8 @@ class Feeder:
             reply = recv_frame(sock)
         except OSError as exc:
             sock.close()
-            raise TFOSError(f"cannot reach the feed of node {consumer.role} at {address}: {exc}. The node has "
-                            "exited (see the driver's error) or the cluster was shut down.") from exc
+            raise _Unreachable(f"cannot reach the feed of node {consumer.role} at {address}: {exc}. The node has "
+                               "exited (see the driver's error) or the cluster was shut down.") from exc
         if reply is None or reply[0].get("op") != "ready":
             sock.close()
             raise AuthError(f"node {consumer.role} refused the feed: {reply[0] if reply else 'closed'}")
@@ -139,6 +150,75 @@ class Feeder:
         send_frame(sock, {"op": "end"})
         reply = reply or _expect(recv_frame(sock), consumer)
         return 0 if reply["op"] == "terminated" else int(reply["rows"])
+
+    def _train_routed(self, partition: int, rows: Iterator[Any], target: list[Consumer]) -> int:
+        """Feeds a balanced epoch: runs of the partition's rows go where the driver's plan says.
+
+        The node on this executor takes what it still needs; the rest goes to other nodes
+        over TCP, and the plan's left-out rows are read and dropped (see feed/_balance.py).
+        """
+        segments = self._segments(partition)
+        counted = segments[-1][1] if segments else 0
+        by_id = {c.executor_id: c for c in self.consumers}
+        links: dict[int, tuple[Consumer, socket.socket]] = {}
+        replies: dict[int, dict[str, Any]] = {}  # nodes that spoke early: they refuse further data
+        done = 0  # rows of the partition already routed
+        index = 0
+        try:
+            for columns, schema in self._chunks(partition, rows):
+                n, pos = len(columns[0]), 0
+                while pos < n:
+                    if index == len(segments):
+                        raise self._recount(partition, counted, done + n)
+                    start, stop, eid = segments[index]
+                    take = min(n - pos, stop - done - pos)
+                    if eid is not None and eid not in replies:
+                        if eid not in links:
+                            links[eid] = self._connect(partition, by_id[eid])
+                        consumer, sock = links[eid]
+                        target.append(consumer)
+                        if select.select([sock], [], [], 0)[0]:
+                            replies[eid] = _expect(recv_frame(sock), consumer)
+                        else:
+                            send_frame(sock, {"op": "data", "schema": schema}, [c[pos:pos + take] for c in columns])
+                    pos += take
+                    if done + pos == stop:
+                        index += 1
+                done += n
+            if done != counted:
+                raise self._recount(partition, counted, done)
+            acked = 0
+            for eid, (consumer, sock) in links.items():
+                target.append(consumer)
+                send_frame(sock, {"op": "end"})
+                reply = replies.get(eid) or _expect(recv_frame(sock), consumer)
+                acked += 0 if reply["op"] == "terminated" else int(reply["rows"])
+            return acked
+        finally:
+            for _, sock in links.values():
+                sock.close()
+
+    def _segments(self, partition: int) -> list[tuple[int, int, int | None]]:
+        from tfos._rpc import ControlClient
+
+        local = None if self.local_mode else _local_executor(self.cluster_id)
+        client = ControlClient(self.server_address, self.secret)
+        try:
+            reply = client.call("FeedPlan", {"qname": self.qname, "epoch": self.epoch, "partition": partition,
+                                             "executor_id": local}, timeout=self.feed_timeout)
+        except ProtocolError as exc:
+            raise FeedDataError(f"partition {partition} of queue {self.qname!r}: {exc}", partition=partition) from None
+        finally:
+            client.close()
+        return [(int(a), int(b), None if eid is None else int(eid)) for a, b, eid in reply["segments"]]
+
+    @staticmethod
+    def _recount(partition: int, counted: int, fed: int) -> FeedDataError:
+        more = "at least " if fed > counted else ""
+        return FeedDataError(f"partition {partition} had {counted} rows when counted before the epoch and {more}{fed} "
+                             "when fed: the data changes between Spark jobs (a non-deterministic source or "
+                             "transformation). Cache it (rdd.cache(), df.cache()) or make it deterministic.",
+                             partition=partition)
 
     # ---- inference --------------------------------------------------------------------------
     def _infer(self, sock: socket.socket, consumer: Consumer, partition: int, rows: Iterator[Any]) -> Iterator[Any]:
@@ -203,6 +283,10 @@ class Feeder:
             log.warning("could not report a feed error to the driver", exc_info=True)
         finally:
             client.close()
+
+
+class _Unreachable(TFOSError):
+    """A node's feed socket refused the connection: the node has exited."""
 
 
 def _local_executor(cluster_id: str) -> int | None:

@@ -75,6 +75,7 @@ class FeedQueue:
         self.terminated = False
         self.consumed = 0
         self.schema: dict[str, Any] | None = None
+        self.epoch_rows: int | None = None  # rows this node gets each epoch, when the driver balances them
         self.pending: collections.deque[list[Any]] = collections.deque()  # [conn, rows] awaiting results
 
     def put(self, chunk: Chunk) -> bool:
@@ -89,11 +90,13 @@ class FeedQueue:
             self.cond.notify_all()
             return True
 
-    def set_schema(self, schema: dict[str, Any]) -> None:
+    def set_schema(self, schema: dict[str, Any], epoch_rows: int | None = None) -> None:
+        """Sets the columns (the first announcement wins) and the rows of each coming epoch (None: unknown)."""
         with self.cond:
             if self.schema is None:
                 self.schema = schema
-                self.cond.notify_all()
+            self.epoch_rows = epoch_rows
+            self.cond.notify_all()
 
     def wait_schema(self) -> dict[str, Any] | None:
         with self.cond:
@@ -103,6 +106,12 @@ class FeedQueue:
     def end_epoch(self, epoch: int) -> None:
         with self.cond:
             self.ended_upto = max(self.ended_upto, epoch)
+            self.cond.notify_all()
+
+    def finish_epoch(self) -> None:
+        """Moves on to the next epoch once a reader took all ``epoch_rows`` rows of this one."""
+        with self.cond:
+            self.epoch += 1
             self.cond.notify_all()
 
     def close(self) -> None:
@@ -214,7 +223,7 @@ class FeedHub:
     def handle(self, event: dict[str, Any]) -> None:
         kind = event["type"]
         if kind == "feed_begin":
-            self.queue(event["qname"]).set_schema(event["schema"])
+            self.queue(event["qname"]).set_schema(event["schema"], event.get("epoch_rows"))
         elif kind == "feed_end":
             self.queue(event["qname"]).end_epoch(int(event["epoch"]))
         elif kind == "feed_close":
@@ -285,7 +294,7 @@ class FeedHub:
             if header.get("op") != "data" or not columns:
                 raise ProtocolError(f"unexpected feed frame {header.get('op')!r}")
             if queue.schema is None and header.get("schema"):
-                queue.set_schema(header["schema"])
+                queue.set_schema(header["schema"], queue.epoch_rows)
             nrows = len(columns[0])
             conn.received += nrows
             chunk = Chunk(epoch, columns, nrows, sum(c.nbytes for c in columns), conn)

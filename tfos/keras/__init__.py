@@ -16,7 +16,7 @@ for how. tf-keras models go to their own ``model.fit``::
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         with strategy.scope():
             model = build_and_compile_model()      # keras.Sequential(...).compile(...)
-        dataset = ctx.get_data_feed().as_dataset(64 * ctx.num_workers)
+        dataset = ctx.get_data_feed().as_dataset(64)
         history = tfos.keras.fit(model, dataset, epochs=10,
                                  callbacks=[tfos.keras.progress_callback(ctx)])
 

@@ -10,7 +10,9 @@ across every replica of every worker), then ``model.compute_metrics``.
 How it keeps workers in step:
   * Batches: the dataset is distributed with ``strategy.experimental_distribute_dataset``,
     exactly as Keras' own ``fit`` does, so a batch of the dataset is split across the
-    replicas in sync (a global batch) and auto-sharding follows the dataset's options.
+    replicas in sync (a global batch) and auto-sharding follows the dataset's options;
+    ``DataFeed.as_dataset(batch_size)`` is built for that and gives each worker
+    ``batch_size`` of its own rows a step.
   * Equal steps: when every worker's dataset has the same known cardinality (checked once
     with an all-reduce), an epoch is that many steps over ``dataset.repeat()``, with no
     per-step coordination. Otherwise (a Spark feed, a generator, ``filter``) each step
@@ -410,7 +412,8 @@ def fit(model: Any, x: Any, epochs: int = 1, steps_per_epoch: int | None = None,
             model is trained by its own ``model.fit``.
         x: a ``tf.data.Dataset`` of ``(x, y)`` or ``(x, y, sample_weight)`` batches, such as
             ``ctx.get_data_feed().as_dataset(batch)`` (one pass = one fed epoch) or a pipeline
-            the node reads itself. As in Keras' ``fit``, a batch is split across all replicas.
+            the node reads itself. As in Keras' ``fit``, a batch is split across all replicas
+            (``as_dataset``'s batch size is per worker already).
         epochs: index of the last epoch (as in Keras).
         steps_per_epoch: steps an epoch; None runs each epoch to the end of the data (the
             dataset's cardinality when every worker knows the same, else until no worker has data).

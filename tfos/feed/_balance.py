@@ -1,0 +1,92 @@
+"""Balanced epochs (driver): which rows of each partition go to which fed node.
+
+A balanced epoch gives every chief / worker the same number of rows, ``N // W`` for
+``N`` rows and ``W`` fed nodes, so TensorFlow knows each epoch's length before it
+starts. The ``r = N % W`` rows that do not divide evenly sit the epoch out, a
+different ``r`` each epoch: epoch ``e`` (0-based) leaves out the ``r`` rows starting
+at position ``e * r`` (mod ``N``) of the data in partition order, so no row sits out
+twice before every row has sat out once.
+
+Rows are routed as their partition's feeding task starts: to the node on the task's
+own executor while that node still needs rows, then to the nodes with the most rows
+still missing (over TCP). Row counts per partition come from a counting job before
+the first epoch; a partition that yields another count when fed is a FeedDataError.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from tfos.errors import FeedDataError
+
+#: A run of rows of one partition: (start, stop, executor_id of the node to feed, or None to leave out).
+Segment = tuple[int, int, "int | None"]
+
+
+class EpochPlan:
+    """The routing of one epoch of one queue; thread-safe (feeding tasks ask concurrently)."""
+
+    def __init__(self, counts: Sequence[int], consumers: Sequence[int], epoch: int) -> None:
+        total = sum(counts)
+        if not consumers:
+            raise ValueError("no fed nodes")
+        self.rows_per_node = total // len(consumers)
+        if self.rows_per_node == 0:
+            raise FeedDataError(f"the data has {total} rows, fewer than the {len(consumers)} chief / worker nodes "
+                                "it feeds: a balanced epoch needs at least one row per node. Feed more rows, or pass "
+                                "balance=False to Cluster.train")
+        self.counts = list(counts)
+        self.starts = [sum(self.counts[:p]) for p in range(len(self.counts))]
+        left_over = total % len(consumers)
+        first = (epoch * left_over) % total
+        # the rows left out, as global [start, stop) ranges (the window may wrap around the end)
+        self.left_out = [(first, min(first + left_over, total))]
+        if first + left_over > total:
+            self.left_out.append((0, first + left_over - total))
+        self._missing = {eid: self.rows_per_node for eid in consumers}
+        self._given: dict[int, list[Segment]] = {}
+        self._lock = threading.Lock()
+
+    def segments(self, partition: int, executor_id: int | None) -> list[Segment]:
+        """The runs of ``partition``'s rows, in order, and where each goes; the same answer if asked again."""
+        if not 0 <= partition < len(self.counts):
+            raise FeedDataError(f"partition {partition} was not counted: the data has {len(self.counts)} partitions")
+        with self._lock:
+            if partition not in self._given:
+                self._given[partition] = self._route(partition, executor_id)
+            return self._given[partition]
+
+    def _route(self, partition: int, executor_id: int | None) -> list[Segment]:
+        start, stop = self.starts[partition], self.starts[partition] + self.counts[partition]
+        runs: list[tuple[int, int, bool]] = []  # (global start, stop, kept)
+        position = start
+        for a, b in sorted(self.left_out):
+            a, b = max(a, start), min(b, stop)
+            if a < b:
+                if position < a:
+                    runs.append((position, a, True))
+                runs.append((a, b, False))
+                position = b
+        if position < stop:
+            runs.append((position, stop, True))
+        out: list[Segment] = []
+        for a, b, kept in runs:
+            if not kept:
+                out.append((a - start, b - start, None))
+                continue
+            while a < b:
+                node = self._pick(executor_id)
+                n = min(b - a, self._missing[node])
+                self._missing[node] -= n
+                out.append((a - start, a - start + n, node))
+                a += n
+        return out
+
+    def _pick(self, executor_id: int | None) -> int:
+        if self._missing.get(executor_id, 0) > 0:
+            return executor_id  # type: ignore[return-value]
+        node = max(self._missing, key=lambda eid: self._missing[eid])
+        if self._missing[node] == 0:  # cannot happen while the counts hold: every kept row has a place
+            raise FeedDataError("more rows were routed than counted")
+        return node
