@@ -9,7 +9,8 @@ local-cluster[2,1,2048]. Prints, each against a reference measured in this run:
   (c) Spark-fed 2-worker MWMS Keras fit, balanced known-length epochs, vs the same fit
       (same steps, BATCH rows per worker a step) from in-memory per-worker tf.data  target >= 0.95
   (d) inference rate with an identity model                                target >= 0.5 x (a)
-  (e) node peak RSS
+  (b2) epochs 2..N served from the nodes' epoch caches, shuffled             target >= 3 x (a)
+  (e) node peak RSS; (e2) with a cache budget smaller than the node's share (it spills)
 plus cluster start (run() until all nodes registered) and shutdown() times. Each ratio
 to (a) is the median over runs that each follow their own (a) run.
 
@@ -19,6 +20,7 @@ to (a) is the median over runs that each follow their own (a) run.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -30,19 +32,30 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 BATCH = 128
+CACHE_BUDGET = 64 << 20  # per node, in memory; the rest of a node's cached share spills to local disk
 REPEATS = 5  # every rate is the median of this many warm runs: the machines are noisy
 
 
 def drain(args, ctx):
+    """Reads the feed to its end; notes when each epoch's rows (args["epoch_rows"], if given) were read."""
     feed = ctx.get_data_feed()
+    rows, marks = 0, []  # marks: when the first rows came, then when each epoch's last rows were read
     if args["api"] == "next_batch":
         while not feed.should_stop():
-            feed.next_batch(BATCH)
+            rows += len(feed.next_batch(BATCH))
     else:
-        while feed.next_batch_arrays(BATCH) is not None:
-            pass
+        while (batch := feed.next_batch_arrays(BATCH)) is not None:
+            marks = marks or [time.monotonic()]
+            rows += len(batch[0])
+            if args.get("epoch_rows") and rows >= len(marks) * args["epoch_rows"]:  # an epoch's last rows
+                marks.append(time.monotonic())
     with open(os.path.join(args["out"], f"rss-{ctx.job_name}"), "w") as f:
         f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+    with open("/proc/self/status") as status, open(os.path.join(args["out"], f"mem-{ctx.job_name}"), "w") as f:
+        f.write(json.dumps({line.split(":")[0]: int(line.split()[1]) for line in status
+                            if line.startswith(("VmHWM", "RssAnon", "RssFile"))}))
+    with open(os.path.join(args["out"], f"epochs-{ctx.job_name}"), "w") as f:
+        f.write(json.dumps(marks))
 
 
 def identity(args, ctx):
@@ -114,7 +127,8 @@ def main() -> None:
     conf = (SparkConf().setMaster("local-cluster[2,1,2048]").setAppName("tfos-bench")
             .set("spark.ui.enabled", "false").set("spark.ui.showConsoleProgress", "false")
             .set("spark.driver.host", "127.0.0.1").set("spark.driver.bindAddress", "127.0.0.1")
-            .set("spark.driver.memory", "2g").set("spark.locality.wait", "0"))
+            .set("spark.driver.memory", "2g").set("spark.locality.wait", "0")
+            .set("spark.executorEnv.TFOS_FEED_CACHE_BYTES", str(CACHE_BUDGET)))
     sc = SparkContext(conf=conf)
     sc.setLogLevel("ERROR")
     n = opts.rows
@@ -159,6 +173,24 @@ def main() -> None:
               f"shutdown {shutdown_secs:.2f}s]")
     rss = max(int(open(os.path.join(out, name)).read()) for name in os.listdir(out) if name.startswith("rss-"))
     print(f"(e) node peak RSS after {(REPEATS + 1) * n * 3140 / 2**20:,.0f} MiB were fed: {rss / 1024:,.0f} MiB")
+
+    # (b2) epochs served from the nodes' caches (budget: CACHE_BUDGET in memory, the rest spilled to disk)
+    epochs = 4
+    cluster = tfos.run(sc, drain, {"api": "next_batch_arrays", "out": out, "epoch_rows": n // 2}, 2,
+                       input_mode=tfos.InputMode.SPARK)
+    reference = timed(spark_drain)
+    total = timed(lambda: cluster.train(rdd, num_epochs=epochs, shuffle=True, seed=0))
+    cluster.shutdown()
+    marks = [json.load(open(os.path.join(out, f"epochs-{job}"))) for job in ("chief", "worker")]
+    cached = [max(m[e + 1] - m[e] for m in marks) for e in range(1, epochs)]  # epochs 2..N, slower node
+    mem = [json.load(open(os.path.join(out, f"mem-{job}"))) for job in ("chief", "worker")]
+    print(f"(b2) cached epochs (shuffled): {n / statistics.median(cached):,.0f} rows/s = "
+          f"{reference / statistics.median(cached):.2f} x (a)   [epoch 1 from Spark "
+          f"{n / (max(m[1] - m[0] for m in marks)):,.0f} rows/s; train() of {epochs} epochs {total:.1f}s]")
+    print(f"(e2) node memory with a {CACHE_BUDGET >> 20} MiB cache budget and {n // 2 * 3140 / 2**20:,.0f} MiB "
+          f"cached per node: peak RSS {max(m['VmHWM'] for m in mem) / 1024:,.0f} MiB, of which the spilled "
+          f"cache's memory-mapped file pages {max(m['RssFile'] for m in mem) / 1024:,.0f} MiB (reclaimable); "
+          f"anonymous memory at the end {max(m['RssAnon'] for m in mem) / 1024:,.0f} MiB")
 
     with tfos.run(sc, identity, None, 2, input_mode=tfos.InputMode.SPARK) as cluster:
         results = cluster.inference(rdd)

@@ -33,6 +33,12 @@ METRICS_PORT = "TFOS_METRICS_PORT", ""
 METRICS_HOST = "TFOS_METRICS_HOST", "0.0.0.0"
 #: Target size in bytes of one chunk of rows sent from a Spark task to a node.
 FEED_CHUNK_BYTES = "TFOS_FEED_CHUNK_BYTES", 1 << 20
+#: Seconds a node waits for a new feed connection's hello (its secret) before dropping it.
+FEED_HELLO_TIMEOUT_SECS = "TFOS_FEED_HELLO_TIMEOUT_SECS", 10.0
+#: Bytes of its epoch cache a node keeps in memory; the rest is memory-mapped from local disk.
+FEED_CACHE_BYTES = "TFOS_FEED_CACHE_BYTES", 1 << 30
+#: Local directory where nodes spill their epoch caches (default: $TMPDIR, else /tmp).
+FEED_CACHE_DIR = "TFOS_FEED_CACHE_DIR", ""
 
 
 def get_str(setting: tuple[str, str]) -> str:

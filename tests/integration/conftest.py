@@ -14,6 +14,8 @@ import psutil
 import pytest
 
 NODE_MARK = "tfos.executor._node"
+#: Where the nodes' epoch caches spill (each node keeps 8 MiB in memory): tests check it is left empty.
+CACHE_DIR = os.path.join(os.environ.get("TMPDIR") or "/tmp", f"tfos-test-cache-{os.getpid()}")
 
 
 def pytest_collection_modifyitems(items):
@@ -38,6 +40,8 @@ def spark_conf(master: str):
             .set("spark.driver.bindAddress", "127.0.0.1")
             .set("spark.task.maxFailures", "1")
             .set("spark.executorEnv.TFOS_ORPHAN_TIMEOUT_SECS", "20")
+            .set("spark.executorEnv.TFOS_FEED_CACHE_BYTES", str(8 << 20))
+            .set("spark.executorEnv.TFOS_FEED_CACHE_DIR", CACHE_DIR)
             .set("spark.pyspark.python", sys.executable))
 
 
@@ -103,6 +107,13 @@ def no_leftovers():
     wait_until(lambda: not any(_exists(p) for p in leftover), timeout=15)
     zombies = [f"pid {p.pid}: {' '.join(p.info['cmdline'])}" for p in leftover if _exists(p)]
     assert not zombies, f"node processes exited but were never reaped by their parent: {zombies}"
+    wait_until(lambda: not cache_files(), timeout=15)
+    assert not cache_files(), f"epoch cache files left behind: {cache_files()}"
+
+
+def cache_files() -> list[str]:
+    """Files (and directories) the nodes' epoch caches left in CACHE_DIR."""
+    return [os.path.join(root, name) for root, dirs, files in os.walk(CACHE_DIR) for name in dirs + files]
 
 
 @pytest.fixture

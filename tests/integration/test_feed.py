@@ -267,11 +267,12 @@ def ids_by_epoch(args, ctx):
         json.dump({"cardinality": int(dataset.cardinality()), "epochs": epochs}, f)
 
 
-def test_balanced_epochs_route_rows_across_executors_and_rotate_the_left_over(sc, tmp_path, no_leftovers):
+@pytest.mark.parametrize("cache", [False, True])
+def test_balanced_epochs_route_rows_across_executors_and_rotate_the_left_over(sc, tmp_path, no_leftovers, cache):
     epochs, n = 3, 1137
     cluster = tfos.run(sc, ids_by_epoch, {"out": str(tmp_path), "epochs": epochs}, 2,
                        input_mode=tfos.InputMode.SPARK)
-    cluster.train(skewed_rdd(sc), num_epochs=epochs)
+    cluster.train(skewed_rdd(sc), num_epochs=epochs, cache=cache)
     cluster.shutdown()
     chief, worker = (json.loads((tmp_path / f"{job}.json").read_text()) for job in ("chief", "worker"))
     assert chief["cardinality"] == worker["cardinality"] == 12  # -(-568 // 50): not multiplied by the workers
@@ -281,7 +282,10 @@ def test_balanced_epochs_route_rows_across_executors_and_rotate_the_left_over(sc
         fed = sorted(chief["epochs"][e] + worker["epochs"][e])
         assert len(set(fed)) == len(fed) == n - 1  # once each, bar the one row left over
         left_out += sorted(set(range(n)) - set(fed))
-    assert left_out == [0, 1, 2]  # epoch e leaves out the row at position e * (1137 % 2)
+    if not cache:
+        assert left_out == [0, 1, 2]  # epoch e leaves out the row at position e * (1137 % 2)
+    else:  # epoch 1 leaves out row 0 but a node caches it; then that node leaves out another row each epoch
+        assert left_out[0] == 0 and len(set(left_out)) == 3
 
 
 def read_to_the_end(args, ctx):
@@ -297,3 +301,66 @@ def test_fewer_rows_than_workers_is_refused_before_feeding(sc, no_leftovers):
             cluster.train(rows_rdd(sc, 1, 1))
     finally:
         cluster.shutdown()
+
+
+def ids_per_epoch(args, ctx):
+    """Reads args['epochs'] epochs with next_batch_arrays-sized takes from as_dataset; records ids per epoch."""
+    dataset = ctx.get_data_feed().as_dataset(256)
+    epochs, spilled = [], []
+    for _ in range(args["epochs"]):
+        ids = []
+        for x, i in dataset:
+            assert (x.numpy()[:, 0] == i.numpy()).all()
+            ids += i.numpy().tolist()
+        epochs.append(ids)
+        spilled += [name for _, _, files in os.walk(os.environ["TFOS_FEED_CACHE_DIR"]) for name in files]
+    with open(os.path.join(args["out"], f"{ctx.job_name}.json"), "w") as f:
+        json.dump({"epochs": epochs, "spilled": len(spilled)}, f)
+
+
+def test_cached_shuffled_epochs_come_from_the_nodes_without_spark_jobs(sc, tmp_path, no_leftovers):
+    epochs, n = 3, 6000  # 3000 rows of 3 KiB per node: beyond the 8 MiB the test nodes keep in memory
+    computed = sc.accumulator(0)
+
+    def row(i):
+        computed.add(1)
+        return np.full(784, i, np.float32), i
+
+    data = sc.parallelize(range(n), 3).map(row)
+    cluster = tfos.run(sc, ids_per_epoch, {"out": str(tmp_path), "epochs": epochs}, 2,
+                       input_mode=tfos.InputMode.SPARK)
+    cluster.train(data, num_epochs=epochs, shuffle=True, seed=3)
+    cluster.shutdown()
+    # the counting job, the first row (for the schema) and the first epoch: epochs 2 and 3 ran no Spark job
+    assert computed.value == 2 * n + 1
+    for job in ("chief", "worker"):
+        result = json.loads((tmp_path / f"{job}.json").read_text())
+        seen = result["epochs"]
+        assert result["spilled"], "nothing spilled to disk"
+        assert [len(e) for e in seen] == [3000] * epochs
+        assert sorted(seen[1]) == sorted(seen[2]) == sorted(seen[0])  # the same share every epoch, once each
+        assert seen[1] != seen[2] and seen[1] != seen[0]  # shuffled, differently each epoch
+    assert cluster.consumed_rows() == {"chief:0": epochs * 3000, "worker:0": epochs * 3000}
+
+
+def crash_after_first_epoch(args, ctx):
+    dataset = ctx.get_data_feed().as_dataset(256)
+    for _ in dataset:
+        pass
+    os._exit(3)  # no clean exit: the executor's task deletes the cache
+
+
+def test_a_crashed_node_leaves_no_cache_behind(sc, no_leftovers):
+    cluster = tfos.run(sc, crash_after_first_epoch, None, 2, input_mode=tfos.InputMode.SPARK)
+    with pytest.raises(tfos.NodeFailedError):
+        cluster.train(rows_rdd(sc, 6000, 2, dim=784), num_epochs=3, feed_timeout=60)
+    cluster.shutdown()
+    # no_leftovers checks that the cache directory is empty
+
+
+def test_cache_and_shuffle_settings_are_checked(sc, no_leftovers):
+    with tfos.run(sc, read_to_the_end, None, 2, input_mode=tfos.InputMode.SPARK) as cluster:
+        with pytest.raises(tfos.TFOSConfigError, match="cache=True needs balanced epochs"):
+            cluster.train(rows_rdd(sc, 10, 1), num_epochs=2, balance=False, cache=True)
+        with pytest.raises(tfos.TFOSConfigError, match="shuffle=True shuffles the cached epochs"):
+            cluster.train(rows_rdd(sc, 10, 1), num_epochs=2, cache=False, shuffle=True)

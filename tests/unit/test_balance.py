@@ -14,10 +14,10 @@ def _fed(plan: EpochPlan, asks: list[tuple[int, int | None]]) -> dict[int | None
     for partition, executor in asks:
         position = plan.starts[partition]
         segments = plan.segments(partition, executor)
-        assert [a for a, _, _ in segments] == [0, *(b for _, b, _ in segments[:-1])]  # contiguous, in order
+        assert [s[0] for s in segments] == [0, *(s[1] for s in segments[:-1])]  # contiguous, in order
         assert segments[-1][1] == plan.counts[partition]
-        for a, b, node in segments:
-            got.setdefault(node, []).extend(range(position + a, position + b))
+        for a, b, node, served in segments:
+            got.setdefault(node if served else None, []).extend(range(position + a, position + b))
     return got
 
 
@@ -32,13 +32,13 @@ def test_skewed_partitions_give_every_node_the_same_rows_and_lose_none_but_the_l
 
 def test_rows_stay_on_their_executor_while_its_node_needs_them():
     plan = EpochPlan([10, 10], consumers=[0, 1], epoch=0)
-    assert plan.segments(0, 0) == [(0, 10, 0)]
-    assert plan.segments(1, 1) == [(0, 10, 1)]
+    assert plan.segments(0, 0) == [(0, 10, 0, True)]
+    assert plan.segments(1, 1) == [(0, 10, 1, True)]
 
 
 def test_a_partition_bigger_than_its_node_needs_spills_to_the_others():
     plan = EpochPlan([30, 0, 0], consumers=[0, 1, 2], epoch=0)
-    assert plan.segments(0, 1) == [(0, 10, 1), (10, 20, 0), (20, 30, 2)]
+    assert plan.segments(0, 1) == [(0, 10, 1, True), (10, 20, 0, True), (20, 30, 2, True)]
 
 
 def test_the_left_over_rows_change_every_epoch_until_each_sat_out_once():
@@ -53,17 +53,24 @@ def test_the_left_over_rows_change_every_epoch_until_each_sat_out_once():
 
 def test_the_left_over_window_wraps_around_the_end():
     plan = EpochPlan([5], consumers=[0, 1, 2], epoch=2)  # 2 left over, from position 4: rows 4 and 0
-    assert plan.segments(0, None) == [(0, 1, None), (1, 2, 0), (2, 3, 1), (3, 4, 2), (4, 5, None)]
+    assert plan.segments(0, None) == [(0, 1, None, False), (1, 2, 0, True), (2, 3, 1, True), (3, 4, 2, True),
+                                      (4, 5, None, False)]
     got = _fed(EpochPlan([5], consumers=[0, 1, 2], epoch=2), [(0, None)])
     assert sorted(got[None]) == [0, 4]
     assert sorted(len(got[n]) for n in (0, 1, 2)) == [1, 1, 1]
+
+
+def test_a_cached_epoch_sends_the_left_over_rows_to_caches_one_per_node():
+    plan = EpochPlan([8], consumers=[0, 1, 2], epoch=0, cached=True)  # 2 left over: rows 0 and 1
+    assert plan.segments(0, 0) == [(0, 1, 0, False), (1, 2, 1, False), (2, 4, 0, True), (4, 6, 1, True),
+                                   (6, 8, 2, True)]
 
 
 def test_asking_again_gives_the_same_answer():
     plan = EpochPlan([10, 10], consumers=[0, 1], epoch=0)
     first = plan.segments(0, 1)
     assert plan.segments(0, 0) == first
-    assert plan.segments(1, 1) == [(0, 10, 0)]
+    assert plan.segments(1, 1) == [(0, 10, 0, True)]
 
 
 def test_fewer_rows_than_nodes_is_a_clear_error():

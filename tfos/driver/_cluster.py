@@ -156,7 +156,8 @@ class Cluster:
         return None
 
     def train(self, data: Any, num_epochs: int = 1, feed_timeout: float = 600, qname: str = "input",
-              checkpoint_location: str | None = None, balance: bool = True) -> None:
+              checkpoint_location: str | None = None, balance: bool = True, cache: bool | None = None,
+              shuffle: bool = False, seed: int | None = None) -> None:
         """Feeds ``data`` to the chief and workers ``num_epochs`` times (InputMode.SPARK).
 
         Each epoch is one Spark job, streaming rows in chunks to the node on the executor
@@ -169,9 +170,17 @@ class Cluster:
         out the ``N % W`` rows from position ``e * (N % W)``, mod ``N``, in partition
         order). With ``balance=False`` every row reaches one node once per epoch, nodes
         get what their executors computed, and the epoch length is unknown to them.
+
+        With the epoch cache (the default when ``num_epochs > 1``), only the first epoch
+        is read from Spark: each node keeps its share (in memory up to
+        ``TFOS_FEED_CACHE_BYTES``, then memory-mapped files under ``TFOS_FEED_CACHE_DIR``
+        on the executor's disk, both set with ``spark.executorEnv``) and serves epochs
+        2..N from it, shuffled per epoch with ``shuffle=True`` (the same ``seed`` gives
+        the same orders). The cache is deleted when the node exits, however it ends.
+
         Returns when the last epoch has been handed over (nodes may still be consuming
-        their buffers) or early, after the current epoch, once a node called
-        ``DataFeed.terminate()``.
+        their buffers; with the cache, once every node began its last epoch) or early,
+        after the current epoch, once a node called ``DataFeed.terminate()``.
 
         A Structured Streaming DataFrame is fed as it arrives, as one epoch, each
         micro-batch once, until the stream ends, ``shutdown()`` is called (from another
@@ -189,6 +198,11 @@ class Cluster:
                 stream and never feeds a micro-batch twice. Default: a temporary directory.
             balance: balanced, known-length epochs (above); a streaming DataFrame is never
                 balanced.
+            cache: serve epochs 2..N from the nodes' epoch caches; None: on when
+                ``num_epochs > 1`` and ``balance``. Needs ``balance``.
+            shuffle: visit the cached epochs' rows in a new random order each epoch (the
+                first epoch arrives in Spark's order). Needs the cache.
+            seed: makes the shuffled orders reproducible.
 
         Raises:
             FeedDataError: a row does not fit its batch (names the partition and row).
@@ -198,7 +212,8 @@ class Cluster:
         if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
             raise TFOSConfigError(f"num_epochs must be an integer >= 1; got {num_epochs!r}")
         self._require_spark_mode("train")
-        self._feeding.train(data, num_epochs, feed_timeout, qname, checkpoint_location, balance=bool(balance))
+        self._feeding.train(data, num_epochs, feed_timeout, qname, checkpoint_location, balance=bool(balance),
+                            cache=cache, shuffle=bool(shuffle), seed=seed)
 
     def inference(self, data: Any, feed_timeout: float = 600, qname: str = "input") -> Any:
         """Feeds ``data`` to the nodes and returns an RDD of their results (InputMode.SPARK).

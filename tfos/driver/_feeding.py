@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -50,8 +51,14 @@ class Feeding:
         return [eid for eid, (job, _) in sorted(self.supervisor.template.items()) if job in FEEDING_JOBS]
 
     def train(self, data: Any, num_epochs: int, feed_timeout: float, qname: str,
-              checkpoint_location: str | None = None, balance: bool = True) -> None:
+              checkpoint_location: str | None = None, balance: bool = True, cache: bool | None = None,
+              shuffle: bool = False, seed: int | None = None) -> None:
         self._require_running("train", feed_timeout)
+        cache = num_epochs > 1 and balance if cache is None else bool(cache)
+        if cache and not balance:
+            raise TFOSConfigError("cache=True needs balanced epochs: leave balance=True, or pass cache=False")
+        if shuffle and not cache:
+            raise TFOSConfigError("shuffle=True shuffles the cached epochs: it needs cache=True (and balance=True)")
         if _spark.is_streaming(data):
             if num_epochs != 1:
                 raise TFOSConfigError("a streaming DataFrame is fed once, as it arrives: leave num_epochs at 1")
@@ -63,21 +70,62 @@ class Feeding:
             counts = _spark.partition_counts(self.sc, rdd, arrow, f"tfos feed {qname!r}: counting rows per partition")
             if sum(counts):
                 EpochPlan(counts, self.consumer_ids(), 0)  # fails early when there are fewer rows than nodes
-        if (counts is not None and not sum(counts)) or not self._announce(qname, rdd, arrow, counts):
+        first = self._epochs.get(qname, 0)
+        plan = {"first": first, "epochs": num_epochs, "shuffle": bool(shuffle), "seed": seed} if cache else None
+        if (counts is not None and not sum(counts)) or not self._announce(qname, rdd, arrow, counts, plan):
             log.warning("nothing to feed to queue %r: the data is empty", qname)
             return
-        for n in range(num_epochs):
+        before = self.consumed_rows(qname)
+        for n in range(1 if cache else num_epochs):
             if self.supervisor.server.terminated(qname):
                 log.info("queue %r was terminated by a node; not feeding further epochs", qname)
                 break
             epoch = self._epochs.get(qname, 0)
             self._epochs[qname] = epoch + 1
             if counts is not None:
-                self.supervisor.server.set_plan(qname, epoch, EpochPlan(counts, self.consumer_ids(), epoch))
-            feeder = self._feeder(qname, epoch, feed_timeout, arrow, balanced=counts is not None)
+                self.supervisor.server.set_plan(qname, epoch, EpochPlan(counts, self.consumer_ids(), epoch, cache))
+            feeder = self._feeder(qname, epoch, feed_timeout, arrow, balanced=counts is not None,
+                                  epoch_rows=sum(counts) // len(self.consumer_ids()) if counts else None,
+                                  cache_plan=plan)
             self._run_job(lambda f=feeder: rdd.mapPartitionsWithIndex(f).collect(), qname,
                           f"tfos feed {qname!r} epoch {n + 1}/{num_epochs}")
             self.supervisor.server.post({"type": "feed_end", "qname": qname, "epoch": epoch}, self.consumer_ids())
+        if cache:
+            self._epochs[qname] = first + num_epochs
+            rows = sum(counts or ()) // len(self.consumer_ids())
+            self._await_cached_epochs(qname, {node: count + (num_epochs - 1) * rows for node, count in before.items()},
+                                      feed_timeout)
+
+    def _await_cached_epochs(self, qname: str, targets: dict[str, int], feed_timeout: float) -> None:
+        """Returns once every node has begun its last cached epoch, as ``train`` returns once the last
+        epoch was handed over; raises a node's failure, or FeedTimeoutError for a node that stopped reading."""
+        sup, server = self.supervisor, self.supervisor.server
+        progress: dict[str, tuple[int, float]] = {}
+        while True:
+            if sup.failure is not None:
+                sup.mark_failure_raised()
+                raise sup.failure
+            if sup.state is ClusterState.RESTARTING or sup.server is not server:
+                raise TFOSError(f"a node restarted while the nodes served cached epochs of queue {qname!r}: the "
+                                "restarted node's cache is gone. Call train() again for the epochs left (it "
+                                "streams them from Spark), or pass cache=False to stream every epoch.")
+            if server.terminated(qname) or sup.state is not ClusterState.RUNNING:
+                return
+            now, counts = time.monotonic(), self.consumed_rows(qname)
+            behind = {node: count for node, count in counts.items() if count < targets.get(node, 0)}
+            if not behind:
+                return
+            for node, count in behind.items():
+                last, since = progress.get(node, (-1, now))
+                if count != last:
+                    progress[node] = (count, now)
+                elif now - since > feed_timeout:
+                    raise FeedTimeoutError(
+                        f"node {node} read no rows of queue {qname!r} from its epoch cache for "
+                        f"feed_timeout={feed_timeout}s (it read {count:,} of {targets[node]:,}). Its main_fun "
+                        "stopped reading the feed (finished early, stuck, or reads another queue); raise "
+                        "feed_timeout if it is just slow.", node=node)
+            server.wait(lambda: sup.failure is not None, timeout=C.get_float(C.POLL_HOLD_SECS))
 
     def inference(self, data: Any, feed_timeout: float, qname: str) -> Any:
         self._require_running("inference", feed_timeout)
@@ -160,19 +208,21 @@ class Feeding:
         if not isinstance(feed_timeout, (int, float)) or feed_timeout <= 0:
             raise TFOSConfigError(f"feed_timeout must be a positive number of seconds; got {feed_timeout!r}")
 
-    def _feeder(self, qname: str, epoch: int | None, feed_timeout: float, arrow: bool,
-                balanced: bool = False) -> Feeder:
+    def _feeder(self, qname: str, epoch: int | None, feed_timeout: float, arrow: bool, balanced: bool = False,
+                epoch_rows: int | None = None, cache_plan: dict[str, Any] | None = None) -> Feeder:
         gen = self.supervisor.generation
         nodes = gen.server.nodes()
         consumers = tuple(Consumer(eid, role(nodes[eid]), nodes[eid].info["host"], nodes[eid].info["feed_port"])
                           for eid in self.consumer_ids())
         return Feeder(cluster_id=gen.cluster_id, secret=self.supervisor.secret, server_address=gen.address,
                       qname=qname, epoch=epoch, consumers=consumers, feed_timeout=float(feed_timeout),
-                      local_mode=gen.server.local_mode, arrow=arrow, balanced=balanced)
+                      local_mode=gen.server.local_mode, arrow=arrow, balanced=balanced, epoch_rows=epoch_rows,
+                      cache_plan=cache_plan)
 
-    def _announce(self, qname: str, rdd: Any, arrow: bool, counts: list[int] | None = None) -> bool:
+    def _announce(self, qname: str, rdd: Any, arrow: bool, counts: list[int] | None = None,
+                  cache: dict[str, Any] | None = None) -> bool:
         """Tells the nodes the columns of ``qname`` (from the first row) and, for balanced epochs,
-        the rows each node gets an epoch; False if there are no rows."""
+        the rows each node gets an epoch and the cache plan; False if there are no rows."""
         if qname not in self._schemas:
             with _spark.described(self.sc, None, f"tfos feed {qname!r}: first row for the schema"):
                 first = rdd.take(1)
@@ -181,7 +231,7 @@ class Feeding:
             _, self._schemas[qname] = next(self._feeder(qname, 0, 1.0, arrow)._chunks(-1, iter(first)))
         rows = sum(counts) // len(self.consumer_ids()) if counts else None
         self.supervisor.server.post({"type": "feed_begin", "qname": qname, "schema": self._schemas[qname],
-                                     "epoch_rows": rows}, self.consumer_ids())
+                                     "epoch_rows": rows, "cache": cache}, self.consumer_ids())
         return True
 
     def _run_job(self, action: Callable[[], Any], qname: str, description: str) -> None:

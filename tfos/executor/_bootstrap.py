@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -151,7 +151,7 @@ class NodeLauncher:
             if code < 0:
                 raise NodeKilledError(f"node process killed by signal {-code}\n{log_tail(job_name, task_index)}")
         else:
-            reap_when_done(proc)
+            reap_when_done(proc, cleanup=lambda: _delete_cache(payload.cluster_id, executor_id))
 
     def _start(self, payload: NodePayload, sockets: dict[str, socket.socket]) -> subprocess.Popen:
         """Starts the node process on ``sockets`` (which it takes over) with ``payload``."""
@@ -212,6 +212,7 @@ class NodeLauncher:
                 _terminate(proc)
                 break
         code = proc.wait()
+        _delete_cache(payload.cluster_id, payload.executor_id)
         if not released:
             message = (f"node process killed by signal {-code}\n{log_tail(payload.job_name, payload.task_index)}"
                        if code < 0 else f"node process exited with code {code}")
@@ -254,15 +255,29 @@ def open_signed(data: str, mac: str, secret: str) -> bytes:
     return blob
 
 
-def reap_when_done(proc: subprocess.Popen) -> None:
-    """Waits for ``proc`` in a daemon thread, so that it never lingers as a zombie.
+def reap_when_done(proc: subprocess.Popen, cleanup: Callable[[], None] | None = None) -> None:
+    """Waits for ``proc`` in a daemon thread, so that it never lingers as a zombie, then runs ``cleanup``.
 
     Spark reuses Python workers: a node whose task returned while it runs (InputMode.SPARK)
     is a child of a worker that lives on, and an exited child stays a zombie until waited for.
     """
     import threading
 
-    threading.Thread(target=proc.wait, name=f"tfos-reap-{proc.pid}", daemon=True).start()
+    def wait() -> None:
+        proc.wait()
+        if cleanup is not None:
+            cleanup()
+
+    threading.Thread(target=wait, name=f"tfos-reap-{proc.pid}", daemon=True).start()
+
+
+def _delete_cache(cluster_id: str, executor_id: int) -> None:
+    """Deletes a node's epoch cache once its process is gone, however it ended (a killed node cannot)."""
+    import shutil
+
+    from tfos.feed._cache import cache_dir
+
+    shutil.rmtree(cache_dir(cluster_id, executor_id), ignore_errors=True)
 
 
 def unix_socket_path(cluster_id: str, executor_id: int) -> str:

@@ -7,6 +7,11 @@ different ``r`` each epoch: epoch ``e`` (0-based) leaves out the ``r`` rows star
 at position ``e * r`` (mod ``N``) of the data in partition order, so no row sits out
 twice before every row has sat out once.
 
+When the nodes cache the epoch (``Cluster.train``'s epoch cache), the left-over rows are
+not dropped but sent to nodes (one each) for their caches only: every node then serves
+``N // W`` rows of its cached share each later epoch, a different row sitting out each
+epoch on a node that holds one more, so every row keeps being trained on.
+
 Rows are routed as their partition's feeding task starts: to the node on the task's
 own executor while that node still needs rows, then to the nodes with the most rows
 still missing (over TCP). Row counts per partition come from a counting job before
@@ -20,14 +25,15 @@ from collections.abc import Sequence
 
 from tfos.errors import FeedDataError
 
-#: A run of rows of one partition: (start, stop, executor_id of the node to feed, or None to leave out).
-Segment = tuple[int, int, "int | None"]
+#: A run of rows of one partition: (start, stop, executor_id of the node to feed or None to leave
+#: out, whether the node serves the rows this epoch or only caches them).
+Segment = tuple[int, int, "int | None", bool]
 
 
 class EpochPlan:
     """The routing of one epoch of one queue; thread-safe (feeding tasks ask concurrently)."""
 
-    def __init__(self, counts: Sequence[int], consumers: Sequence[int], epoch: int) -> None:
+    def __init__(self, counts: Sequence[int], consumers: Sequence[int], epoch: int, cached: bool = False) -> None:
         total = sum(counts)
         if not consumers:
             raise ValueError("no fed nodes")
@@ -45,6 +51,7 @@ class EpochPlan:
         if first + left_over > total:
             self.left_out.append((0, first + left_over - total))
         self._missing = {eid: self.rows_per_node for eid in consumers}
+        self._cache_only = list(consumers)[:left_over] if cached else []  # who caches a left-over row
         self._given: dict[int, list[Segment]] = {}
         self._lock = threading.Lock()
 
@@ -73,13 +80,17 @@ class EpochPlan:
         out: list[Segment] = []
         for a, b, kept in runs:
             if not kept:
-                out.append((a - start, b - start, None))
+                while a < b and self._cache_only:
+                    out.append((a - start, a - start + 1, self._cache_only.pop(0), False))
+                    a += 1
+                if a < b:
+                    out.append((a - start, b - start, None, False))
                 continue
             while a < b:
                 node = self._pick(executor_id)
                 n = min(b - a, self._missing[node])
                 self._missing[node] -= n
-                out.append((a - start, a - start + n, node))
+                out.append((a - start, a - start + n, node, True))
                 a += n
         return out
 

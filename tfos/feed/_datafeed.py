@@ -139,12 +139,14 @@ class DataFeed:
                 pieces, why = queue.take(min(left, batch_size * BATCHES_PER_CALL), within_epoch=True)
                 if pieces:
                     left -= sum(b - a for _, a, b in pieces)
+                    if not left:
+                        # before the last yield: TensorFlow may never ask this generator for more
+                        queue.finish_epoch()
                     yield element(pieces)
-                elif why in (EPOCH_END, CLOSED):
+                elif why == CLOSED or (why == EPOCH_END and left < epoch_rows):
                     raise TFOSError(f"queue {queue.name!r}: the feed ended with {left} of this epoch's {epoch_rows} "
                                     "rows missing; run as many passes over the dataset (fit epochs) as "
                                     "Cluster.train feeds epochs")
-            queue.finish_epoch()
 
         signature = self._mapped(specs) if mapped else (tuple(specs) if len(specs) > 1 else specs[0])
         dataset = tf.data.Dataset.from_generator(balanced_batches if epoch_rows else batches,

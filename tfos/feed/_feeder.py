@@ -74,6 +74,8 @@ class Feeder:
     local_mode: bool
     arrow: bool
     balanced: bool = False  # route a training epoch by the driver's EpochPlan
+    epoch_rows: int | None = None  # rows each node gets an epoch (balanced), told again in every hello
+    cache_plan: dict[str, Any] | None = None  # the epoch cache's plan, likewise
 
     @property
     def inference(self) -> bool:
@@ -128,7 +130,8 @@ class Feeder:
         try:
             sock.connect(address)
             send_frame(sock, {"op": "hello", "secret": self.secret, "qname": self.qname, "epoch": self.epoch,
-                              "inference": self.inference, "partition": partition})
+                              "inference": self.inference, "partition": partition, "epoch_rows": self.epoch_rows,
+                              "cache": self.cache_plan})
             reply = recv_frame(sock)
         except OSError as exc:
             sock.close()
@@ -155,7 +158,8 @@ class Feeder:
         """Feeds a balanced epoch: runs of the partition's rows go where the driver's plan says.
 
         The node on this executor takes what it still needs; the rest goes to other nodes
-        over TCP, and the plan's left-out rows are read and dropped (see feed/_balance.py).
+        over TCP, and the plan's left-out rows are read and dropped, or sent to a node's
+        epoch cache only (see feed/_balance.py).
         """
         segments = self._segments(partition)
         counted = segments[-1][1] if segments else 0
@@ -170,7 +174,7 @@ class Feeder:
                 while pos < n:
                     if index == len(segments):
                         raise self._recount(partition, counted, done + n)
-                    start, stop, eid = segments[index]
+                    start, stop, eid, served = segments[index]
                     take = min(n - pos, stop - done - pos)
                     if eid is not None and eid not in replies:
                         if eid not in links:
@@ -180,7 +184,8 @@ class Feeder:
                         if select.select([sock], [], [], 0)[0]:
                             replies[eid] = _expect(recv_frame(sock), consumer)
                         else:
-                            send_frame(sock, {"op": "data", "schema": schema}, [c[pos:pos + take] for c in columns])
+                            header = {"op": "data", "schema": schema, **({} if served else {"cache_only": True})}
+                            send_frame(sock, header, [c[pos:pos + take] for c in columns])
                     pos += take
                     if done + pos == stop:
                         index += 1
@@ -198,7 +203,7 @@ class Feeder:
             for _, sock in links.values():
                 sock.close()
 
-    def _segments(self, partition: int) -> list[tuple[int, int, int | None]]:
+    def _segments(self, partition: int) -> list[tuple[int, int, int | None, bool]]:
         from tfos._rpc import ControlClient
 
         local = None if self.local_mode else _local_executor(self.cluster_id)
@@ -210,7 +215,8 @@ class Feeder:
             raise FeedDataError(f"partition {partition} of queue {self.qname!r}: {exc}", partition=partition) from None
         finally:
             client.close()
-        return [(int(a), int(b), None if eid is None else int(eid)) for a, b, eid in reply["segments"]]
+        return [(int(a), int(b), None if eid is None else int(eid), bool(served))
+                for a, b, eid, served in reply["segments"]]
 
     @staticmethod
     def _recount(partition: int, counted: int, fed: int) -> FeedDataError:

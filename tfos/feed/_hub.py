@@ -13,15 +13,19 @@ from __future__ import annotations
 import collections
 import hmac
 import logging
+import os
+import shutil
 import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from tfos import _constants as C
 from tfos.errors import ProtocolError, TFOSError
+from tfos.feed._cache import CacheError, EpochCache, cache_dir
 from tfos.feed._columns import Column
-from tfos.feed._protocol import recv_frame, send_frame, widen_buffers
+from tfos.feed._protocol import recv_frame, recv_hello, send_frame, widen_buffers
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,10 @@ class Chunk:
     pos: int = 0
 
 
+#: The "connection" of chunks served from the epoch cache.
+REPLAYED = FeedConnection(sock=None, inference=False)  # type: ignore[arg-type]
+
+
 class FeedQueue:
     """Chunks of one named queue, in arrival order, bounded in bytes."""
 
@@ -76,10 +84,21 @@ class FeedQueue:
         self.consumed = 0
         self.schema: dict[str, Any] | None = None
         self.epoch_rows: int | None = None  # rows this node gets each epoch, when the driver balances them
+        self.cache: EpochCache | None = None  # the first epoch of a cached train(), served again for the rest
+        self.cache_plan: dict[str, Any] = {}
+        self.cache_lock = threading.Lock()
+        self.replays: collections.deque[int] = collections.deque()  # cached epochs still to serve
+        self._replay: tuple[int, Iterator[list[Column]]] | None = None
+        self.error: TFOSError | None = None  # raised to the reader
         self.pending: collections.deque[list[Any]] = collections.deque()  # [conn, rows] awaiting results
 
     def put(self, chunk: Chunk) -> bool:
-        """Adds ``chunk``, waiting for room; False when the queue no longer takes data."""
+        """Adds ``chunk``, waiting for room; False when the queue no longer takes data.
+
+        A chunk of the epoch being cached is kept in the cache too; once the cache holds
+        the whole epoch, the cached epochs that follow are scheduled.
+        """
+        self.keep(chunk)
         with self.cond:
             self.cond.wait_for(lambda: self.bytes + chunk.nbytes <= self.capacity or not self.chunks
                                or self.terminated)
@@ -90,13 +109,58 @@ class FeedQueue:
             self.cond.notify_all()
             return True
 
-    def set_schema(self, schema: dict[str, Any], epoch_rows: int | None = None) -> None:
-        """Sets the columns (the first announcement wins) and the rows of each coming epoch (None: unknown)."""
+    def set_schema(self, schema: dict[str, Any] | None, epoch_rows: int | None = None,
+                   cache: EpochCache | None = None, cache_plan: dict[str, Any] | None = None) -> None:
+        """Sets the columns (the first announcement wins), the rows of each coming epoch (None: unknown)
+        and, for a cached train(), the cache and its plan (first epoch, epochs, shuffle, seed)."""
         with self.cond:
-            if self.schema is None:
+            if self.schema is None and schema is not None:
                 self.schema = schema
             self.epoch_rows = epoch_rows
+            if cache is not None and (not self.cache_plan or self.cache_plan.get("first") != cache_plan["first"]):
+                self._drop_cache()
+                self.cache, self.cache_plan = cache, dict(cache_plan)
             self.cond.notify_all()
+
+    def keep(self, chunk: Chunk) -> None:
+        """Adds ``chunk`` to the cache if it belongs to the epoch being cached."""
+        with self.cache_lock:
+            cache = self.cache
+            if cache is None or self.error is not None or chunk.epoch != self.cache_plan["first"]:
+                return
+            try:
+                cache.add(chunk.columns)
+            except CacheError as exc:
+                with self.cond:
+                    self.error = exc
+                    self._drop_cache()
+                    self.cond.notify_all()
+
+    def _next_replayed(self) -> Chunk | None:
+        """The next chunk of the cached epochs (under the lock), or None when none is left."""
+        while self.cache is not None and (self._replay is not None or self.replays):
+            if self._replay is None:
+                epoch = self.replays.popleft()
+                plan, cache = self.cache_plan, self.cache
+                order = cache.order(self.epoch_rows or cache.rows, epoch - plan["first"], plan.get("shuffle"),
+                                    plan.get("seed"))
+                row_bytes = max(1, (cache.memory_bytes + cache.disk_bytes) // max(1, cache.rows))
+                rows = max(1, C.get_int(C.FEED_CHUNK_BYTES) // row_bytes)
+                self._replay = (epoch, cache.pieces(rows, order))
+            epoch, pieces = self._replay
+            columns = next(pieces, None)
+            if columns is not None:
+                return Chunk(epoch, columns, len(columns[0]), 0, REPLAYED)
+            self._replay = None
+        if self.cache is not None and self.cache_plan and not self.replays and self.epoch > self.cache_plan["first"]:
+            self._drop_cache()  # every cached epoch was served
+        return None
+
+    def _drop_cache(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+        self.cache, self._replay = None, None
+        self.replays.clear()
 
     def wait_schema(self) -> dict[str, Any] | None:
         with self.cond:
@@ -104,8 +168,11 @@ class FeedQueue:
             return self.schema
 
     def end_epoch(self, epoch: int) -> None:
+        """The driver fed all of ``epoch``; after the epoch being cached, the cached epochs follow it."""
         with self.cond:
             self.ended_upto = max(self.ended_upto, epoch)
+            if self.cache is not None and epoch == self.cache_plan["first"]:
+                self.replays.extend(range(epoch + 1, epoch + self.cache_plan["epochs"]))
             self.cond.notify_all()
 
     def finish_epoch(self) -> None:
@@ -124,6 +191,7 @@ class FeedQueue:
             self.terminated = True
             self.bytes = 0
             self.chunks.clear()
+            self._drop_cache()
             self.cond.notify_all()
 
     def take(self, n: int, within_epoch: bool) -> tuple[list[tuple[Chunk, int, int]], str | None]:
@@ -135,7 +203,13 @@ class FeedQueue:
         pieces: list[tuple[Chunk, int, int]] = []
         got = 0
         with self.cond:
+            if self.error is not None:
+                raise self.error
             while got < n:
+                if not self.chunks and not self.terminated:
+                    replayed = self._next_replayed()
+                    if replayed is not None:
+                        self.chunks.append(replayed)
                 head = self.chunks[0] if self.chunks else None
                 if head is not None and head.nrows == 0:  # end of an inference partition
                     self.chunks.popleft()
@@ -223,7 +297,7 @@ class FeedHub:
     def handle(self, event: dict[str, Any]) -> None:
         kind = event["type"]
         if kind == "feed_begin":
-            self.queue(event["qname"]).set_schema(event["schema"], event.get("epoch_rows"))
+            self._announce(self.queue(event["qname"]), event["schema"], event.get("epoch_rows"), event.get("cache"))
         elif kind == "feed_end":
             self.queue(event["qname"]).end_epoch(int(event["epoch"]))
         elif kind == "feed_close":
@@ -233,16 +307,36 @@ class FeedHub:
             for q in queues:
                 q.close()
 
+    def _announce(self, queue: FeedQueue, schema: dict[str, Any] | None, epoch_rows: int | None,
+                  plan: dict[str, Any] | None) -> None:
+        """What the driver tells of a train(): by event, and again in each feeding task's hello, so that
+        neither the poll thread nor a feeding task can get ahead of the other."""
+        cache = None
+        if plan and queue.cache_plan.get("first") != plan["first"]:
+            p = self.node.p
+            name = "".join(ch if ch.isalnum() else "_" for ch in queue.name)
+            cache = EpochCache(os.path.join(cache_dir(p.cluster_id, p.executor_id), f"{name}-{plan['first']}"),
+                               C.get_int(C.FEED_CACHE_BYTES))
+        queue.set_schema(schema, epoch_rows, cache, plan)
+
     def stats(self) -> dict[str, Any]:
         with self.lock:
             return {"consumed": {name: q.consumed for name, q in self.queues.items()}}
 
     def close(self) -> None:
+        """Closes the sockets and deletes every epoch cache (at the node's exit)."""
         for listener in self.listeners:
             try:
                 listener.close()
             except OSError:
                 pass
+        with self.lock:
+            queues = list(self.queues.values())
+        for queue in queues:
+            with queue.cond:
+                queue._drop_cache()
+        p = self.node.p
+        shutil.rmtree(cache_dir(p.cluster_id, p.executor_id), ignore_errors=True)
 
     def terminate(self, queue: FeedQueue) -> None:
         queue.terminate()
@@ -268,16 +362,19 @@ class FeedHub:
             log.warning("feed connection dropped: %s", exc)
 
     def _serve_feeder(self, sock: socket.socket) -> None:
-        first = recv_frame(sock)
-        if first is None:
+        sock.settimeout(C.get_float(C.FEED_HELLO_TIMEOUT_SECS))  # a peer that says nothing is dropped
+        hello = recv_hello(sock)
+        if hello is None:
             return
-        hello, _ = first
         given = hello.get("secret")
         if hello.get("op") != "hello" or not isinstance(given, str) or not hmac.compare_digest(given.encode(),
                                                                                                 self.secret):
             send_frame(sock, {"op": "error", "message": "missing or wrong tfos cluster secret"})
             return
+        sock.settimeout(None)  # a feeding task may wait on back-pressure for as long as the node reads
         queue = self.queue(str(hello["qname"]))
+        if not hello.get("inference"):
+            self._announce(queue, None, hello.get("epoch_rows"), hello.get("cache"))
         conn = FeedConnection(sock, inference=bool(hello.get("inference")))
         epoch = hello.get("epoch")
         send_frame(sock, {"op": "ready", "node": self.node.name})
@@ -298,6 +395,9 @@ class FeedHub:
             nrows = len(columns[0])
             conn.received += nrows
             chunk = Chunk(epoch, columns, nrows, sum(c.nbytes for c in columns), conn)
+            if header.get("cache_only"):  # a left-over row of a balanced epoch: served in later epochs only
+                queue.keep(chunk)
+                continue
             if not queue.put(chunk):
                 with conn.send_lock:  # batch_results may be sending on this socket too
                     send_frame(sock, {"op": "terminated"})  # the feeder stops sending when it sees this

@@ -24,10 +24,11 @@ import numpy as np
 from tfos.errors import ProtocolError
 from tfos.feed._columns import VAR_KINDS, Column, VarColumn, check_dtype, column_spec
 
-__all__ = ["MAX_FRAME_BYTES", "MAX_HEADER_BYTES", "check_dtype", "column_spec", "recv_frame", "send_frame",
-           "widen_buffers"]
+__all__ = ["MAX_FRAME_BYTES", "MAX_HEADER_BYTES", "MAX_HELLO_BYTES", "check_dtype", "column_spec", "recv_frame",
+           "recv_hello", "send_frame", "widen_buffers"]
 
 _LEN = struct.Struct(">Q")
+MAX_HELLO_BYTES = 64 << 10
 MAX_HEADER_BYTES = 1 << 20
 MAX_FRAME_BYTES = 1 << 31
 SOCKET_BUFFER_BYTES = 4 << 20
@@ -68,6 +69,24 @@ def send_frame(sock: socket.socket, header: dict[str, Any], arrays: list[Column]
             buffers.pop(0)
         if buffers and sent:
             buffers[0] = buffers[0][sent:]
+
+
+def recv_hello(sock: socket.socket) -> dict[str, Any] | None:
+    """Reads a connection's first frame, before its secret is checked: a JSON object of at most
+    MAX_HELLO_BYTES and no column buffers. Nothing is allocated from the peer's numbers."""
+    prefix = _recv_exact(sock, _LEN.size, allow_eof=True)
+    if prefix is None:
+        return None
+    (length,) = _LEN.unpack(prefix)
+    if length > MAX_HELLO_BYTES:
+        raise ProtocolError(f"feed hello of {length} bytes exceeds {MAX_HELLO_BYTES}")
+    try:
+        hello = json.loads(_recv_exact(sock, length))
+    except ValueError as exc:
+        raise ProtocolError(f"feed hello is not JSON: {exc}") from None
+    if not isinstance(hello, dict) or "cols" in hello:
+        raise ProtocolError("feed hello must be a JSON object without columns")
+    return hello
 
 
 def recv_frame(sock: socket.socket) -> tuple[dict[str, Any], list[Column]] | None:

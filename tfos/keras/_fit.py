@@ -285,7 +285,9 @@ class _Source:
         self.known = infinite or known
         if known and not infinite:
             dataset = dataset.repeat()
-        self._keep = keep_iterator or (infinite or (known and steps is not None))
+        # One iterator over the repeated dataset for every epoch: a new one would drop the rows the old
+        # one had read ahead, and for a Spark feed those rows are gone.
+        self._keep = keep_iterator or infinite or known
         self._distributed = strategy.experimental_distribute_dataset(dataset)
         self._iterator: Any = None
 
