@@ -73,7 +73,7 @@ def train_fun(args, ctx):
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
         model = build_cnn(5)
-    dataset = ctx.get_data_feed().as_dataset(args.batch_size * ctx.num_workers)
+    dataset = ctx.get_data_feed().as_dataset(args.batch_size)  # rows per worker a step
     dataset = dataset.map(lambda x, y: (tf.reshape(x, (-1, SIDE, SIDE, 1)), y))
     model.fit(dataset, epochs=args.epochs, verbose=0)
     is_chief = ctx.job_name in ("chief", "master")

@@ -364,3 +364,61 @@ def test_cache_and_shuffle_settings_are_checked(sc, no_leftovers):
             cluster.train(rows_rdd(sc, 10, 1), num_epochs=2, balance=False, cache=True)
         with pytest.raises(tfos.TFOSConfigError, match="shuffle=True shuffles the cached epochs"):
             cluster.train(rows_rdd(sc, 10, 1), num_epochs=2, cache=False, shuffle=True)
+
+
+def test_an_executor_without_a_fed_node_feeds_over_tcp(sc, tmp_path, no_leftovers):
+    # one node on two executors: partitions computed on the other executor reach it over TCP
+    n = 2000
+    cluster = tfos.run(sc, drain_ids, {"out": str(tmp_path)}, 1, input_mode=tfos.InputMode.SPARK)
+    cluster.train(rows_rdd(sc, n, 4), num_epochs=2, cache=False)
+    cluster.shutdown()
+    assert seen_ids(tmp_path) == sorted(list(range(n)) * 2)
+
+
+LOCAL_MODE_DRIVER = """
+import json, sys
+import numpy as np
+from pyspark import SparkConf, SparkContext
+import tfos
+
+def main_fun(args, ctx):
+    seen = []
+    dataset = ctx.get_data_feed().as_dataset(64)
+    for _ in range(3):
+        seen.append(sorted(int(i) for _, ids in dataset for i in ids.numpy()))
+    with open(f"{args}/{ctx.job_name}.json", "w") as f:
+        json.dump(seen, f)
+
+conf = (SparkConf().setMaster("local[2]").set("spark.ui.enabled", "false")
+        .set("spark.ui.showConsoleProgress", "false")
+        .set("spark.driver.host", "127.0.0.1").set("spark.driver.bindAddress", "127.0.0.1"))
+sc = SparkContext(conf=conf)
+sc.setLogLevel("ERROR")
+rdd = sc.parallelize(range(1001), 3).map(lambda i: (np.full(4, i, np.float32), i))
+cluster = tfos.run(sc, main_fun, sys.argv[1], 2, input_mode=tfos.InputMode.SPARK)
+cluster.train(rdd, num_epochs=3, shuffle=True, seed=1)
+cluster.shutdown()
+print("CONSUMED", json.dumps(cluster.consumed_rows()), flush=True)
+sc.stop()
+"""
+
+
+def test_a_local_master_feeds_balanced_cached_epochs_over_tcp(tmp_path, no_leftovers):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    script = tmp_path / "driver.py"
+    script.write_text(LOCAL_MODE_DRIVER)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    # local[2] runs the nodes in the driver's working directory, where they write their logs
+    out = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = {job: json.loads((tmp_path / f"{job}.json").read_text()) for job in ("chief", "worker")}
+    consumed = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("CONSUMED"))[9:])
+    assert consumed == {"chief:0": 3 * 500, "worker:0": 3 * 500}
+    for e in range(3):
+        epoch = seen["chief"][e] + seen["worker"][e]
+        assert len(epoch) == len(set(epoch)) == 1000  # 1001 rows, 2 nodes: one sits out

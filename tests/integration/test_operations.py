@@ -39,7 +39,7 @@ def drain(args, ctx):
 def test_spark_jobs_carry_tfos_groups_and_readable_descriptions(sc, no_leftovers):
     sc.setJobGroup("user-group", "the user's own jobs")
     cluster = tfos.run(sc, drain, None, 2, input_mode=tfos.InputMode.SPARK, progress=False)
-    cluster.train(sc.parallelize(range(200), 2), num_epochs=2)
+    cluster.train(sc.parallelize(range(200), 2), num_epochs=2, cache=False)  # a feeding job per epoch
     cluster.shutdown()
     jobs = spark_jobs(sc)
     assert (cluster.job_group, "tfos nodes: chief + 1 worker") in jobs

@@ -66,6 +66,12 @@ def test_a_cached_epoch_sends_the_left_over_rows_to_caches_one_per_node():
                                    (6, 8, 2, True)]
 
 
+def test_a_partition_feeding_several_nodes_alternates_between_them():
+    plan = EpochPlan([5000, 0], consumers=[0, 1], epoch=0)
+    assert plan.segments(0, 0) == [(0, 2048, 0, True), (2048, 4096, 1, True), (4096, 4548, 0, True),
+                                   (4548, 5000, 1, True)]
+
+
 def test_asking_again_gives_the_same_answer():
     plan = EpochPlan([10, 10], consumers=[0, 1], epoch=0)
     first = plan.segments(0, 1)

@@ -34,7 +34,7 @@ def test_rows_spill_to_memory_mapped_files_beyond_the_budget_and_come_back_exact
         cache.add(chunk_columns(start, start + 50))
     assert cache.rows == 300
     assert cache.memory_bytes <= 2000 < cache.memory_bytes + cache.disk_bytes
-    assert any(isinstance(c, np.memmap) for block in cache.blocks for c in block)
+    assert len(os.listdir(tmp_path / "c")) >= 3  # spilled chunks' files
     assert ids_of(cache.pieces(64)) == list(range(300))
     cache.close()
     assert not os.path.exists(tmp_path / "c")

@@ -179,8 +179,8 @@ class Cluster:
         the same orders). The cache is deleted when the node exits, however it ends.
 
         Returns when the last epoch has been handed over (nodes may still be consuming
-        their buffers; with the cache, once every node began its last epoch) or early,
-        after the current epoch, once a node called ``DataFeed.terminate()``.
+        their buffers; with the cache, once every node has read its cached epochs) or
+        early, after the current epoch, once a node called ``DataFeed.terminate()``.
 
         A Structured Streaming DataFrame is fed as it arrives, as one epoch, each
         micro-batch once, until the stream ends, ``shutdown()`` is called (from another

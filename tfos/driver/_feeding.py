@@ -59,6 +59,8 @@ class Feeding:
             raise TFOSConfigError("cache=True needs balanced epochs: leave balance=True, or pass cache=False")
         if shuffle and not cache:
             raise TFOSConfigError("shuffle=True shuffles the cached epochs: it needs cache=True (and balance=True)")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise TFOSConfigError(f"seed must be None or an int >= 0; got {seed!r}")
         if _spark.is_streaming(data):
             if num_epochs != 1:
                 raise TFOSConfigError("a streaming DataFrame is fed once, as it arrives: leave num_epochs at 1")
@@ -93,12 +95,12 @@ class Feeding:
         if cache:
             self._epochs[qname] = first + num_epochs
             rows = sum(counts or ()) // len(self.consumer_ids())
-            self._await_cached_epochs(qname, {node: count + (num_epochs - 1) * rows for node, count in before.items()},
+            self._await_cached_epochs(qname, {node: count + num_epochs * rows for node, count in before.items()},
                                       feed_timeout)
 
     def _await_cached_epochs(self, qname: str, targets: dict[str, int], feed_timeout: float) -> None:
-        """Returns once every node has begun its last cached epoch, as ``train`` returns once the last
-        epoch was handed over; raises a node's failure, or FeedTimeoutError for a node that stopped reading."""
+        """Returns once every node has read its cached epochs (so a later ``train`` on the queue never meets
+        them); raises a node's failure, or FeedTimeoutError for a node that stopped reading."""
         sup, server = self.supervisor, self.supervisor.server
         progress: dict[str, tuple[int, float]] = {}
         while True:

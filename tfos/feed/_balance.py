@@ -14,8 +14,12 @@ epoch on a node that holds one more, so every row keeps being trained on.
 
 Rows are routed as their partition's feeding task starts: to the node on the task's
 own executor while that node still needs rows, then to the nodes with the most rows
-still missing (over TCP). Row counts per partition come from a counting job before
-the first epoch; a partition that yields another count when fed is a FeedDataError.
+still missing (over TCP). A partition feeding several nodes alternates between them,
+``SLICE_ROWS`` rows at a time: in synchronous training a node whose rows came last
+would starve while the others wait for it, their buffers full, and the task blocked.
+
+Row counts per partition come from a counting job before the first epoch; a partition
+that yields another count when fed is a FeedDataError.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ import threading
 from collections.abc import Sequence
 
 from tfos.errors import FeedDataError
+
+#: Rows sent to one node before a partition feeding several turns to the next.
+SLICE_ROWS = 2048
 
 #: A run of rows of one partition: (start, stop, executor_id of the node to feed or None to leave
 #: out, whether the node serves the rows this epoch or only caches them).
@@ -86,12 +93,20 @@ class EpochPlan:
                 if a < b:
                     out.append((a - start, b - start, None, False))
                 continue
-            while a < b:
+            shares: dict[int, int] = {}
+            while a + sum(shares.values()) < b:
                 node = self._pick(executor_id)
-                n = min(b - a, self._missing[node])
+                n = min(b - a - sum(shares.values()), self._missing[node])
                 self._missing[node] -= n
-                out.append((a - start, a - start + n, node, True))
-                a += n
+                shares[node] = shares.get(node, 0) + n
+            while shares:  # the shares, interleaved a slice at a time
+                for node in list(shares):
+                    n = min(SLICE_ROWS, shares[node])
+                    out.append((a - start, a - start + n, node, True))
+                    a += n
+                    shares[node] -= n
+                    if not shares[node]:
+                        del shares[node]
         return out
 
     def _pick(self, executor_id: int | None) -> int:

@@ -52,7 +52,7 @@ class DataFeed:
         """True once the feed has ended (``shutdown``, ``terminate``) and nothing is left to read."""
         q = self._queue
         with q.cond:
-            return self._done or ((q.closed or q.terminated) and not q.chunks)
+            return self._done or ((q.closed or q.terminated) and not q.chunks and not q.replaying())
 
     def batch_results(self, results: Any) -> None:
         """Sends inference results back, one per input row, in the order rows were read.
@@ -143,7 +143,7 @@ class DataFeed:
                         # before the last yield: TensorFlow may never ask this generator for more
                         queue.finish_epoch()
                     yield element(pieces)
-                elif why == CLOSED or (why == EPOCH_END and left < epoch_rows):
+                elif why == CLOSED or (why == EPOCH_END and left < epoch_rows):  # else: the last epoch's end
                     raise TFOSError(f"queue {queue.name!r}: the feed ended with {left} of this epoch's {epoch_rows} "
                                     "rows missing; run as many passes over the dataset (fit epochs) as "
                                     "Cluster.train feeds epochs")

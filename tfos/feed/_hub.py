@@ -11,6 +11,7 @@ arrives or when the driver says so (``feed_end`` event), whichever comes first.
 from __future__ import annotations
 
 import collections
+import hashlib
 import hmac
 import logging
 import os
@@ -88,6 +89,7 @@ class FeedQueue:
         self.cache_plan: dict[str, Any] = {}
         self.cache_lock = threading.Lock()
         self.replays: collections.deque[int] = collections.deque()  # cached epochs still to serve
+        self._scheduled = False  # the cached epochs were scheduled (the driver fed the cached one)
         self._replay: tuple[int, Iterator[list[Column]]] | None = None
         self.error: TFOSError | None = None  # raised to the reader
         self.pending: collections.deque[list[Any]] = collections.deque()  # [conn, rows] awaiting results
@@ -152,15 +154,27 @@ class FeedQueue:
             if columns is not None:
                 return Chunk(epoch, columns, len(columns[0]), 0, REPLAYED)
             self._replay = None
-        if self.cache is not None and self.cache_plan and not self.replays and self.epoch > self.cache_plan["first"]:
+        if self.cache is not None and self._scheduled:
             self._drop_cache()  # every cached epoch was served
         return None
+
+    def _replay_first(self) -> bool:
+        """Whether the pending cached epoch comes before the head chunk (a later train's data)."""
+        head = self.chunks[0]
+        if head.conn is REPLAYED or head.epoch is None:
+            return False
+        pending = self._replay[0] if self._replay is not None else self.replays[0]
+        return pending < head.epoch
 
     def _drop_cache(self) -> None:
         if self.cache is not None:
             self.cache.close()
-        self.cache, self._replay = None, None
+        self.cache, self._replay, self._scheduled = None, None, False
         self.replays.clear()
+
+    def replaying(self) -> bool:
+        """Whether cached epochs are still to be served (under the lock)."""
+        return self._replay is not None or bool(self.replays)
 
     def wait_schema(self) -> dict[str, Any] | None:
         with self.cond:
@@ -171,8 +185,9 @@ class FeedQueue:
         """The driver fed all of ``epoch``; after the epoch being cached, the cached epochs follow it."""
         with self.cond:
             self.ended_upto = max(self.ended_upto, epoch)
-            if self.cache is not None and epoch == self.cache_plan["first"]:
+            if self.cache is not None and epoch == self.cache_plan["first"] and not self._scheduled:
                 self.replays.extend(range(epoch + 1, epoch + self.cache_plan["epochs"]))
+                self._scheduled = True
             self.cond.notify_all()
 
     def finish_epoch(self) -> None:
@@ -206,10 +221,10 @@ class FeedQueue:
             if self.error is not None:
                 raise self.error
             while got < n:
-                if not self.chunks and not self.terminated:
+                if self.replaying() and not self.terminated and (not self.chunks or self._replay_first()):
                     replayed = self._next_replayed()
                     if replayed is not None:
-                        self.chunks.append(replayed)
+                        self.chunks.appendleft(replayed)
                 head = self.chunks[0] if self.chunks else None
                 if head is not None and head.nrows == 0:  # end of an inference partition
                     self.chunks.popleft()
@@ -222,6 +237,7 @@ class FeedQueue:
                     stop = min(head.nrows, head.pos + n - got)
                     pieces.append((head, head.pos, stop))
                     got += stop - head.pos
+                    self.consumed += stop - head.pos  # counted when taken: a take may wait for more rows
                     head.pos = stop
                     if head.conn.inference:
                         if self.pending and self.pending[-1][0] is head.conn:
@@ -233,17 +249,16 @@ class FeedQueue:
                         self.bytes -= head.nbytes
                         self.cond.notify_all()
                     continue
-                epoch_over = head is not None or self.ended_upto >= self.epoch or self.closed
+                if head is None and self.closed and not self.replaying():
+                    return pieces, CLOSED  # also within an epoch: no epoch follows a closed feed
+                epoch_over = head is not None or self.ended_upto >= self.epoch
                 if within_epoch and epoch_over and not self.terminated:
                     if got == 0:
                         self.epoch += 1
-                    self.consumed += got
                     return pieces, EPOCH_END
                 if head is None and (self.closed or self.terminated):
-                    self.consumed += got
                     return pieces, CLOSED
                 self.cond.wait()
-            self.consumed += got
             return pieces, None
 
     def answer(self, results: list[Column], count: int, qname_out: str = "output") -> None:
@@ -314,8 +329,9 @@ class FeedHub:
         cache = None
         if plan and queue.cache_plan.get("first") != plan["first"]:
             p = self.node.p
-            name = "".join(ch if ch.isalnum() else "_" for ch in queue.name)
-            cache = EpochCache(os.path.join(cache_dir(p.cluster_id, p.executor_id), f"{name}-{plan['first']}"),
+            name = "".join(ch if ch.isalnum() else "_" for ch in queue.name)[:40]
+            unique = hashlib.sha1(queue.name.encode()).hexdigest()[:8]  # "a.b" and "a_b" apart
+            cache = EpochCache(os.path.join(cache_dir(p.cluster_id, p.executor_id), f"{name}-{unique}-{plan['first']}"),
                                C.get_int(C.FEED_CACHE_BYTES))
         queue.set_schema(schema, epoch_rows, cache, plan)
 

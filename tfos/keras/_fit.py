@@ -285,9 +285,7 @@ class _Source:
         self.known = infinite or known
         if known and not infinite:
             dataset = dataset.repeat()
-        # One iterator over the repeated dataset for every epoch: a new one would drop the rows the old
-        # one had read ahead, and for a Spark feed those rows are gone.
-        self._keep = keep_iterator or infinite or known
+        self._keep = keep_iterator or (infinite or (known and steps is not None))
         self._distributed = strategy.experimental_distribute_dataset(dataset)
         self._iterator: Any = None
 
@@ -447,7 +445,9 @@ def fit(model: Any, x: Any, epochs: int = 1, steps_per_epoch: int | None = None,
         raise ValueError("compile the model (with a loss and an optimizer) in strategy.scope() before tfos.keras.fit")
     verbose = resolve_verbose(verbose)
     loop = _loop_for(model)
-    train = _Source(loop, x, steps_per_epoch, keep_iterator=steps_per_epoch is not None)
+    # One iterator over the repeated training data for every epoch: a new one would drop the rows the
+    # old one had read ahead, and for a Spark feed those rows are gone.
+    train = _Source(loop, x, steps_per_epoch, keep_iterator=True)
     val = _Source(loop, validation_data, validation_steps, keep_iterator=False) if validation_data is not None \
         else None
     _build(model, strategy, train.element_spec)
