@@ -52,9 +52,6 @@ class _Spilled:
         arrays = [np.load(path, mmap_mode="r") for path in self.paths]
         return VarColumn(self.kind, arrays[0], arrays[1], self.shape) if self.kind else arrays[0]
 
-    def __len__(self) -> int:
-        return self.shape[0]
-
 
 class EpochCache:
     """Chunks of one queue's cached epoch, in arrival order; see the module docstring."""

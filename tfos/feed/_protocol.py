@@ -74,35 +74,34 @@ def send_frame(sock: socket.socket, header: dict[str, Any], arrays: list[Column]
 def recv_hello(sock: socket.socket) -> dict[str, Any] | None:
     """Reads a connection's first frame, before its secret is checked: a JSON object of at most
     MAX_HELLO_BYTES and no column buffers. Nothing is allocated from the peer's numbers."""
-    prefix = _recv_exact(sock, _LEN.size, allow_eof=True)
-    if prefix is None:
-        return None
-    (length,) = _LEN.unpack(prefix)
-    if length > MAX_HELLO_BYTES:
-        raise ProtocolError(f"feed hello of {length} bytes exceeds {MAX_HELLO_BYTES}")
-    try:
-        hello = json.loads(_recv_exact(sock, length))
-    except ValueError as exc:
-        raise ProtocolError(f"feed hello is not JSON: {exc}") from None
-    if not isinstance(hello, dict) or "cols" in hello:
+    hello = _recv_header(sock, MAX_HELLO_BYTES, "hello")
+    if hello is not None and "cols" in hello:
         raise ProtocolError("feed hello must be a JSON object without columns")
     return hello
 
 
-def recv_frame(sock: socket.socket) -> tuple[dict[str, Any], list[Column]] | None:
-    """Reads one frame; returns None when the peer closed the connection cleanly."""
+def _recv_header(sock: socket.socket, limit: int, what: str) -> dict[str, Any] | None:
+    """A frame's JSON header of at most ``limit`` bytes; None when the peer closed the connection cleanly."""
     prefix = _recv_exact(sock, _LEN.size, allow_eof=True)
     if prefix is None:
         return None
     (length,) = _LEN.unpack(prefix)
-    if length > MAX_HEADER_BYTES:
-        raise ProtocolError(f"feed header of {length} bytes exceeds {MAX_HEADER_BYTES}")
+    if length > limit:
+        raise ProtocolError(f"feed {what} of {length} bytes exceeds {limit}")
     try:
         header = json.loads(_recv_exact(sock, length))
     except ValueError as exc:
-        raise ProtocolError(f"feed header is not JSON: {exc}") from None
+        raise ProtocolError(f"feed {what} is not JSON: {exc}") from None
     if not isinstance(header, dict):
-        raise ProtocolError("feed header must be a JSON object")
+        raise ProtocolError(f"feed {what} must be a JSON object")
+    return header
+
+
+def recv_frame(sock: socket.socket) -> tuple[dict[str, Any], list[Column]] | None:
+    """Reads one frame; returns None when the peer closed the connection cleanly."""
+    header = _recv_header(sock, MAX_HEADER_BYTES, "header")
+    if header is None:
+        return None
     arrays: list[Column] = []
     total = 0
     for col in header.get("cols", []):
