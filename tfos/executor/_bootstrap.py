@@ -306,7 +306,8 @@ def log_tail(job_name: str, task_index: int, lines: int = 30) -> str:
 
 
 def _write_local_marker(cluster_id: str, executor_id: int) -> None:
-    tmp = local_marker_path(cluster_id) + ".tmp"
+    # one temporary file per writer: with a local[N] master every node task shares this directory
+    tmp = f"{local_marker_path(cluster_id)}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         json.dump({"executor_id": executor_id}, f)
     os.replace(tmp, local_marker_path(cluster_id))
