@@ -135,7 +135,7 @@ def test_reservation_timeout_with_too_few_executors(sc, tmp_path, no_leftovers):
 def wait_for_stop(args, ctx):
     import time
 
-    deadline = time.time() + 120
+    deadline = time.time() + 280  # outlives the test's wait for TensorBoard (slow to start on a fresh venv)
     while time.time() < deadline and not os.path.exists(args["stop"]):
         time.sleep(0.1)
 
@@ -148,7 +148,7 @@ def test_tensorboard_answers_while_cluster_runs(sc, tmp_path, no_leftovers):
         url = cluster.tensorboard_url
         assert url and url.startswith("http://127.0.0.1:")
         status = None
-        deadline = time.monotonic() + 180  # TensorBoard imports TensorFlow before it binds: slow on a busy host
+        deadline = time.monotonic() + 240  # TensorBoard imports TensorFlow before it binds: slow on a busy host
         while status is None and time.monotonic() < deadline:
             try:
                 status = urllib.request.urlopen(url, timeout=2).status

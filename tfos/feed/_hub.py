@@ -97,8 +97,8 @@ class FeedQueue:
     def put(self, chunk: Chunk) -> bool:
         """Adds ``chunk``, waiting for room; False when the queue no longer takes data.
 
-        A chunk of the epoch being cached is kept in the cache too; once the cache holds
-        the whole epoch, the cached epochs that follow are scheduled.
+        A chunk of the epoch being cached is kept in the cache too; the cached epochs
+        that follow are scheduled when the driver says it fed that epoch (``end_epoch``).
         """
         self.keep(chunk)
         with self.cond:
