@@ -72,9 +72,10 @@ class Feeding:
             counts = _spark.partition_counts(self.sc, rdd, arrow, f"tfos feed {qname!r}: counting rows per partition")
             if sum(counts):
                 EpochPlan(counts, self.consumer_ids(), 0)  # fails early when there are fewer rows than nodes
+        epoch_rows = sum(counts) // len(self.consumer_ids()) if counts else None  # each node's rows an epoch
         first = self._epochs.get(qname, 0)
         plan = {"first": first, "epochs": num_epochs, "shuffle": bool(shuffle), "seed": seed} if cache else None
-        if (counts is not None and not sum(counts)) or not self._announce(qname, rdd, arrow, counts, plan):
+        if (counts is not None and not sum(counts)) or not self._announce(qname, rdd, arrow, epoch_rows, plan):
             log.warning("nothing to feed to queue %r: the data is empty", qname)
             return
         before = self.consumed_rows(qname)
@@ -87,16 +88,14 @@ class Feeding:
             if counts is not None:
                 self.supervisor.server.set_plan(qname, epoch, EpochPlan(counts, self.consumer_ids(), epoch, cache))
             feeder = self._feeder(qname, epoch, feed_timeout, arrow, balanced=counts is not None,
-                                  epoch_rows=sum(counts) // len(self.consumer_ids()) if counts else None,
-                                  cache_plan=plan)
+                                  epoch_rows=epoch_rows, cache_plan=plan)
             self._run_job(lambda f=feeder: rdd.mapPartitionsWithIndex(f).collect(), qname,
                           f"tfos feed {qname!r} epoch {n + 1}/{num_epochs}")
             self.supervisor.server.post({"type": "feed_end", "qname": qname, "epoch": epoch}, self.consumer_ids())
         if cache:
             self._epochs[qname] = first + num_epochs
-            rows = sum(counts or ()) // len(self.consumer_ids())
-            self._await_cached_epochs(qname, {node: count + num_epochs * rows for node, count in before.items()},
-                                      feed_timeout)
+            self._await_cached_epochs(
+                qname, {node: count + num_epochs * (epoch_rows or 0) for node, count in before.items()}, feed_timeout)
 
     def _await_cached_epochs(self, qname: str, targets: dict[str, int], feed_timeout: float) -> None:
         """Returns once every node has read its cached epochs (so a later ``train`` on the queue never meets
@@ -221,7 +220,7 @@ class Feeding:
                       local_mode=gen.server.local_mode, arrow=arrow, balanced=balanced, epoch_rows=epoch_rows,
                       cache_plan=cache_plan)
 
-    def _announce(self, qname: str, rdd: Any, arrow: bool, counts: list[int] | None = None,
+    def _announce(self, qname: str, rdd: Any, arrow: bool, epoch_rows: int | None = None,
                   cache: dict[str, Any] | None = None) -> bool:
         """Tells the nodes the columns of ``qname`` (from the first row) and, for balanced epochs,
         the rows each node gets an epoch and the cache plan; False if there are no rows."""
@@ -231,9 +230,8 @@ class Feeding:
             if not first:
                 return False
             _, self._schemas[qname] = next(self._feeder(qname, 0, 1.0, arrow)._chunks(-1, iter(first)))
-        rows = sum(counts) // len(self.consumer_ids()) if counts else None
         self.supervisor.server.post({"type": "feed_begin", "qname": qname, "schema": self._schemas[qname],
-                                     "epoch_rows": rows, "cache": cache}, self.consumer_ids())
+                                     "epoch_rows": epoch_rows, "cache": cache}, self.consumer_ids())
         return True
 
     def _run_job(self, action: Callable[[], Any], qname: str, description: str) -> None:
