@@ -146,11 +146,15 @@ class Feeding:
         epoch = self._epochs.get(qname, 0)
         self._epochs[qname] = epoch + 1
         errors: list[BaseException] = []
+        idle = threading.Event()  # no micro-batch is being fed
+        idle.set()
+        stopping = False
 
         def feed(batch: Any, batch_id: int) -> None:
             nonlocal last_fed
-            if batch_id <= last_fed or errors or sup.server.terminated(qname):
+            if batch_id <= last_fed or errors or stopping or sup.server.terminated(qname):
                 return  # fed before the query restarted, or the feed is over
+            idle.clear()
             try:
                 rdd, arrow = _spark.as_rdd(batch)
                 if self._announce(qname, rdd, arrow):
@@ -160,8 +164,11 @@ class Feeding:
                 _spark.write_text(self.sc, marker, str(batch_id))
                 last_fed = batch_id
             except BaseException as exc:
-                errors.append(exc)
+                if not stopping:  # stopping the query interrupts its thread: not the batch's fault
+                    errors.append(exc)
                 raise
+            finally:
+                idle.set()
 
         query = _spark.start_stream(df, feed, checkpoint, f"tfos feed {qname!r}")
         self._queries.append(query)
@@ -169,7 +176,10 @@ class Feeding:
             while query.isActive and not errors and not sup.server.terminated(qname) and sup.failure is None \
                     and sup.state is ClusterState.RUNNING:
                 query.awaitTermination(0.5)
+            if sup.server.terminated(qname) and not errors and sup.failure is None:
+                idle.wait(feed_timeout)  # a node ended the feed: the batch in flight ends soon; let it record itself
         finally:
+            stopping = True
             query.stop()
         if errors:
             raise errors[0]
