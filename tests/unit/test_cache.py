@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -29,7 +30,7 @@ def ids_of(pieces):
 
 
 def test_rows_spill_to_memory_mapped_files_beyond_the_budget_and_come_back_exactly(tmp_path):
-    cache = EpochCache(str(tmp_path / "c"), budget=2000)
+    cache = EpochCache(str(tmp_path / "c"), budget=2000, block_bytes=500)
     for start in range(0, 300, 50):
         cache.add(chunk_columns(start, start + 50))
     assert cache.rows == 300
@@ -41,13 +42,25 @@ def test_rows_spill_to_memory_mapped_files_beyond_the_budget_and_come_back_exact
 
 
 def test_shuffled_orders_visit_every_row_once_and_repeat_with_the_seed(tmp_path):
-    cache = EpochCache(str(tmp_path / "c"), budget=3000)
+    cache = EpochCache(str(tmp_path / "c"), budget=3000, block_bytes=1500)
     for start in range(0, 300, 40):
         cache.add(chunk_columns(start, min(300, start + 40)))
     orders = [ids_of(cache.pieces(37, cache.order(300, e, shuffle=True, seed=7))) for e in (1, 2)]
+    assert orders[0] == cache.order(300, 1, shuffle=True, seed=7).tolist()  # rows come in the drawn order
     assert sorted(orders[0]) == sorted(orders[1]) == list(range(300))
     assert orders[0] != orders[1] and orders[0] != list(range(300))
     assert ids_of(cache.pieces(37, cache.order(300, 1, shuffle=True, seed=7))) == orders[0]
+    cache.close()
+
+
+def test_gathered_rows_of_several_binary_values_keep_every_byte(tmp_path):
+    values = [b"", b"\x00", b"ab\x00", bytes(range(256)), b"z", b""]
+    cache = EpochCache(str(tmp_path / "c"), budget=0, block_bytes=1)  # each chunk its own spilled block
+    cache.add([VarColumn.from_values("binary", values[:4], shape=(2, 2))])
+    cache.add([VarColumn.from_values("binary", values[4:], shape=(1, 2))])
+    (column,) = next(cache.pieces(3, np.array([2, 0, 1])))
+    assert column.shape == (3, 2)
+    assert column.values() == values[4:] + values[:4]
     cache.close()
 
 
@@ -62,16 +75,42 @@ def test_a_node_caching_more_rows_than_an_epoch_serves_leaves_a_different_one_ou
     cache.close()
 
 
+def test_rows_counted_while_a_block_spills_include_that_block(tmp_path, monkeypatch):
+    cache = EpochCache(str(tmp_path / "c"), budget=0)
+    cache.add(chunk_columns(0, 10))
+    saving, release, real_save = threading.Event(), threading.Event(), np.save
+
+    def slow_save(path, array):
+        saving.set()
+        release.wait(10)
+        real_save(path, array)
+
+    monkeypatch.setattr(np, "save", slow_save)
+    sealer = threading.Thread(target=cache.seal)
+    sealer.start()
+    assert saving.wait(10)
+    counted = []
+    reader = threading.Thread(target=lambda: counted.append(cache.rows))  # e.g. a shuffled epoch drawing its order
+    reader.start()
+    reader.join(0.2)
+    release.set()
+    sealer.join(10)
+    reader.join(10)
+    assert counted == [10]
+    cache.close()
+
+
 def test_a_full_disk_is_a_clear_error_naming_the_settings(tmp_path, monkeypatch):
     def full(path, array):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     cache = EpochCache(str(tmp_path / "c"), budget=0)
     monkeypatch.setattr(np, "save", full)
+    cache.add(chunk_columns(0, 10))  # waits in memory for its block to fill
     with pytest.raises(CacheError, match=r"ran out of disk space in .*TFOS_FEED_CACHE_DIR.*cache=False"):
-        cache.add(chunk_columns(0, 10))
+        cache.seal()
     with pytest.raises(CacheError, match="cannot write /dev/null/x"):
-        EpochCache("/dev/null/x", budget=0).add(chunk_columns(0, 10))
+        EpochCache("/dev/null/x", budget=0, block_bytes=1).add(chunk_columns(0, 10))
 
 
 def test_a_queue_serves_the_cached_epochs_after_the_first_then_deletes_the_cache(tmp_path):

@@ -133,10 +133,13 @@ class FeedQueue:
             try:
                 cache.add(chunk.columns)
             except CacheError as exc:
-                with self.cond:
-                    self.error = exc
-                    self._drop_cache()
-                    self.cond.notify_all()
+                self._fail_cache(exc)
+
+    def _fail_cache(self, exc: CacheError) -> None:
+        with self.cond:
+            self.error = exc
+            self._drop_cache()
+            self.cond.notify_all()
 
     def _next_replayed(self) -> Chunk | None:
         """The next chunk of the cached epochs (under the lock), or None when none is left."""
@@ -185,10 +188,16 @@ class FeedQueue:
         """The driver fed all of ``epoch``; after the epoch being cached, the cached epochs follow it."""
         with self.cond:
             self.ended_upto = max(self.ended_upto, epoch)
-            if self.cache is not None and epoch == self.cache_plan["first"] and not self._scheduled:
+            cache = self.cache if self.cache is not None and epoch == self.cache_plan["first"] else None
+            if cache is not None and not self._scheduled:
                 self.replays.extend(range(epoch + 1, epoch + self.cache_plan["epochs"]))
                 self._scheduled = True
             self.cond.notify_all()
+        if cache is not None:
+            try:
+                cache.seal()  # now, not at the first replay: a full disk shows while the cached epoch is read
+            except CacheError as exc:
+                self._fail_cache(exc)
 
     def finish_epoch(self) -> None:
         """Moves on to the next epoch once a reader took all ``epoch_rows`` rows of this one."""
