@@ -229,7 +229,14 @@ def fit_from_feed(args, ctx):
         def on_train_batch_end(self, batch, logs=None):
             steps[-1] = batch + 1
 
-    model.fit(dataset, epochs=2, verbose=0, callbacks=[Steps()])
+    if args.get("via") == "tfos.keras.fit":
+        from tfos.keras import fit
+
+        # two calls: the first must read nothing of the second's epochs ahead
+        fit(model, dataset, epochs=1, verbose=0, callbacks=[Steps()])
+        fit(model, dataset, epochs=2, initial_epoch=1, verbose=0, callbacks=[Steps()])
+    else:
+        model.fit(dataset, epochs=2, verbose=0, callbacks=[Steps()])
     with open(os.path.join(args["out"], f"{ctx.job_name}.json"), "w") as f:
         json.dump({"cardinality": int(dataset.cardinality()), "steps": steps}, f)
 
@@ -241,11 +248,11 @@ def skewed_rdd(sc, sizes=(1000, 100, 37)):
         lambda p: ((np.full(8, i % 7, np.float32), i) for i in range(starts[p], starts[p + 1])))
 
 
-@pytest.mark.parametrize("balance", [True, False])
-def test_synchronous_keras_fit_on_uneven_partitions_ends_epochs_together(sc, tmp_path, no_leftovers, balance):
+@pytest.mark.parametrize("balance,via", [(True, "model.fit"), (True, "tfos.keras.fit"), (False, "model.fit")])
+def test_synchronous_keras_fit_on_uneven_partitions_ends_epochs_together(sc, tmp_path, no_leftovers, balance, via):
     # 3 partitions of very different sizes on 2 executors: unbalanced, the nodes get unequal rows.
     data = skewed_rdd(sc).map(lambda row: (row[0], row[1] % 4))
-    cluster = tfos.run(sc, fit_from_feed, {"out": str(tmp_path)}, 2, input_mode=tfos.InputMode.SPARK)
+    cluster = tfos.run(sc, fit_from_feed, {"out": str(tmp_path), "via": via}, 2, input_mode=tfos.InputMode.SPARK)
     cluster.train(data, num_epochs=2, feed_timeout=120, balance=balance)
     cluster.shutdown(timeout=180)
     chief, worker = (json.loads((tmp_path / f"{job}.json").read_text()) for job in ("chief", "worker"))

@@ -155,6 +155,25 @@ def test_tf_keras_models_go_to_their_own_fit(digits):
     assert "loss" in _fit.evaluate(model, dataset(digits), verbose=0)
 
 
+def test_tf_keras_multi_worker_fit_reads_known_length_passes_as_one_infinite_dataset():
+    class MultiWorker:  # the seam: a strategy in multi-worker mode with one replica (no collectives needed)
+        num_replicas_in_sync = 1
+        extended = types.SimpleNamespace(_in_multi_worker_mode=lambda: True)
+
+    passes = tf.data.Dataset.range(10).batch(4)  # 3 batches a pass
+    data, steps, done = _fit._known_passes(MultiWorker(), passes, None, 2)
+    assert steps == 3 and int(data.cardinality()) == int(tf.data.INFINITE_CARDINALITY)  # no per-step sync
+    it = iter(data)
+    assert [next(it).numpy().tolist() for _ in range(6)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]] * 2
+    done.set()  # training ended: nothing more was read, and the dataset ends
+    assert list(it) == []
+    # unknown length, steps given, a single process: the dataset is left as it is
+    unknown = passes.filter(lambda x: True)
+    assert _fit._known_passes(MultiWorker(), unknown, None, 2)[:2] == (unknown, None)
+    assert _fit._known_passes(MultiWorker(), passes, 5, 2)[:2] == (passes, 5)
+    assert _fit._known_passes(tf.distribute.get_strategy(), passes, None, 2)[:2] == (passes, None)
+
+
 def test_helpers():
     assert _fit.resolve_verbose(0) == 0 and _fit.resolve_verbose(2) == 2 and _fit.resolve_verbose("auto") in (1, 2)
 

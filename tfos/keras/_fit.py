@@ -275,7 +275,7 @@ class _Source:
         self.element_spec = dataset.element_spec
         cardinality = int(dataset.cardinality())
         # Every worker takes part in this all-reduce, whatever its own cardinality, so all choose the same path.
-        agreed = _same_on_all_workers(loop, cardinality)
+        agreed = _same_on_all_workers(strategy, cardinality)
         infinite = agreed and cardinality == int(tf.data.INFINITE_CARDINALITY)
         known = agreed and cardinality >= 0
         if cardinality == int(tf.data.INFINITE_CARDINALITY) and steps is None:
@@ -302,19 +302,50 @@ class _Source:
             self._iterator = None
 
 
-def _same_on_all_workers(loop: _Loop, value: int) -> bool:
+def _same_on_all_workers(strategy: Any, value: int) -> bool:
     """Whether ``value`` is the same on every worker (two all-reduces once per fit)."""
     import tensorflow as tf
 
-    if loop.strategy.num_replicas_in_sync == 1:
+    if strategy.num_replicas_in_sync == 1:
         return True
 
     def replica(v: Any) -> Any:
         return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, tf.stack([v, v * v]))
 
     # all equal iff n * sum(v^2) == sum(v)^2; every worker computes the same answer from the same sums
-    total, squares = loop._local(loop.strategy.run(replica, args=(tf.constant(float(value), tf.float64),))).numpy()
-    return loop.strategy.num_replicas_in_sync * squares == total * total
+    sums = strategy.run(replica, args=(tf.constant(float(value), tf.float64),))
+    total, squares = strategy.experimental_local_results(sums)[0].numpy()
+    return strategy.num_replicas_in_sync * squares == total * total
+
+
+def _known_passes(strategy: Any, dataset: Any, steps: int | None, passes: int) -> tuple[Any, int | None, Any]:
+    """For tf-keras' ``model.fit`` under MultiWorkerMirroredStrategy: ``dataset``'s passes as one infinite
+    dataset and their steps, when every worker knows the same length; plus an event to set once fit returns.
+
+    tf.distribute reads a finite dataset on several workers with a "has every worker data?"
+    all-reduce each step (partial-batch handling), known cardinality or not: about 3x slower
+    on a small model (see scripts/bench_feed.py). An infinite one is read without it. Each
+    pass still reads one fed epoch; after the last one the dataset idles (it reads nothing
+    ahead, so a later fit's first pass starts at the next epoch) until training ends.
+    """
+    import threading
+
+    import tensorflow as tf
+
+    done = threading.Event()
+    if not isinstance(dataset, tf.data.Dataset) or steps is not None or passes < 1 \
+            or not strategy.extended._in_multi_worker_mode():
+        return dataset, steps, done
+    cardinality = int(dataset.cardinality())
+    if not _same_on_all_workers(strategy, cardinality) or cardinality <= 0:
+        return dataset, steps, done
+
+    def idle():  # what prefetching reads after the last pass: nothing, once fit returned
+        done.wait()
+        yield from ()
+
+    tail = tf.data.Dataset.from_generator(idle, output_signature=dataset.element_spec).repeat()
+    return dataset.repeat(passes).concatenate(tail), cardinality, done
 
 
 def _unscale(loss: Any) -> Any:
@@ -432,9 +463,17 @@ def fit(model: Any, x: Any, epochs: int = 1, steps_per_epoch: int | None = None,
         ValueError: an infinite dataset without ``steps_per_epoch``.
     """
     if not is_keras3_model(model):
-        return model.fit(x, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
-                         validation_data=validation_data, validation_steps=validation_steps, verbose=verbose,
-                         initial_epoch=initial_epoch)
+        import tf_keras
+
+        x, steps_per_epoch, done = _known_passes(model.distribute_strategy, x, steps_per_epoch, epochs - initial_epoch)
+        # set before fit drops its iterator, which waits for the reads ahead; and after an error
+        ended = tf_keras.callbacks.LambdaCallback(on_train_end=lambda logs: done.set())
+        try:
+            return model.fit(x, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=[*(callbacks or []), ended],
+                             validation_data=validation_data, validation_steps=validation_steps, verbose=verbose,
+                             initial_epoch=initial_epoch)
+        finally:
+            done.set()
     import keras
 
     strategy = model.distribute_strategy
