@@ -43,11 +43,11 @@ def drain(args, ctx):
     """Reads the feed to its end; notes when each epoch's rows (args["epoch_rows"], if given) were read."""
     feed = ctx.get_data_feed()
     rows, marks = 0, []  # marks: when the first rows came, then when each epoch's last rows were read
+    anon = 0  # peak anonymous memory, sampled: VmHWM also counts the spilled cache's mapped file pages
     if args["api"] == "next_batch":
         while not feed.should_stop():
             rows += len(feed.next_batch(BATCH))
     else:
-        anon = 0  # peak anonymous memory, sampled: VmHWM also counts the spilled cache's mapped file pages
         while (batch := feed.next_batch_arrays(BATCH)) is not None:
             marks = marks or [time.monotonic()]
             rows += len(batch[0])

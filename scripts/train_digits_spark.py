@@ -30,14 +30,15 @@ def train_fun(args, ctx):
     """Chief and workers fit from the rows Spark feeds them; the chief exports the model."""
     import tensorflow as tf
 
-    from tfos.keras import progress_callback
+    from tfos.keras import fit, progress_callback
 
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
         model = build_model()
     # One pass = one epoch fed by train(), of a length Keras knows; batch_size rows per worker a step.
+    # tfos.keras.fit reads those epochs with no per-step "has every worker data?" all-reduce.
     dataset = ctx.get_data_feed().as_dataset(args.batch_size)
-    model.fit(dataset, epochs=args.epochs, verbose=0, callbacks=[progress_callback(ctx)])
+    fit(model, dataset, epochs=args.epochs, verbose=0, callbacks=[progress_callback(ctx)])
     export(model, ctx, args.export_dir)
 
 
