@@ -320,11 +320,11 @@ def _same_on_all_workers(strategy: Any, value: int) -> bool:
 
 def _known_passes(strategy: Any, dataset: Any, steps: int | None, passes: int) -> tuple[Any, int | None, Any]:
     """For tf-keras' ``model.fit`` under MultiWorkerMirroredStrategy: ``dataset``'s passes as one infinite
-    dataset and their steps, when every worker knows the same length; plus an event to set once fit returns.
+    dataset and their steps, when every worker knows the same length; plus an event to set once training ends.
 
     tf.distribute reads a finite dataset on several workers with a "has every worker data?"
-    all-reduce each step (partial-batch handling), known cardinality or not: about 3x slower
-    on a small model (see scripts/bench_feed.py). An infinite one is read without it. Each
+    all-reduce each step (partial-batch handling), known cardinality or not: it cost a small
+    model up to 40% of its speed in scripts/bench_feed.py's (c). An infinite one is read without it. Each
     pass still reads one fed epoch; after the last one the dataset idles (it reads nothing
     ahead, so a later fit's first pass starts at the next epoch) until training ends.
     """
@@ -340,7 +340,7 @@ def _known_passes(strategy: Any, dataset: Any, steps: int | None, passes: int) -
     if not _same_on_all_workers(strategy, cardinality) or cardinality <= 0:
         return dataset, steps, done
 
-    def idle():  # what prefetching reads after the last pass: nothing, once fit returned
+    def idle():  # what prefetching reads after the last pass: nothing, once training ended
         done.wait()
         yield from ()
 
