@@ -80,8 +80,17 @@ def fit_fun(args, ctx):
     else:
         dataset = tf.data.Dataset.from_tensor_slices((x_train, y_train)).shuffle(2048, seed=1).batch(64)
         validation = test
-    history = tfos.keras.fit(model, dataset, epochs=args["epochs"], validation_data=validation, verbose=2,
-                             callbacks=[tfos.keras.progress_callback(ctx)])
+    callbacks = [tfos.keras.progress_callback(ctx)]
+    if args["mode"] == "spark":
+        # two calls: the first must read nothing of the second's epochs ahead
+        half = args["epochs"] // 2
+        first = tfos.keras.fit(model, dataset, epochs=half, verbose=2, callbacks=callbacks).history
+        history = tfos.keras.fit(model, dataset, epochs=args["epochs"], initial_epoch=half, verbose=2,
+                                 callbacks=callbacks)
+        history.history = {name: first[name] + values for name, values in history.history.items()}
+    else:
+        history = tfos.keras.fit(model, dataset, epochs=args["epochs"], validation_data=validation, verbose=2,
+                                 callbacks=callbacks)
     result = tfos.keras.evaluate(model, test, verbose=0)
     if ctx.job_name == "chief":
         model.save(os.path.join(args["out"], "model.keras"))

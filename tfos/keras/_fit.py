@@ -49,6 +49,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -263,7 +264,8 @@ class _Loop:
 class _Source:
     """One dataset distributed under the strategy, and how its epochs are cut into steps."""
 
-    def __init__(self, loop: _Loop, dataset: Any, steps: int | None, keep_iterator: bool) -> None:
+    def __init__(self, loop: _Loop, dataset: Any, steps: int | None, keep_iterator: bool,
+                 passes: int | None = None) -> None:
         import tensorflow as tf
 
         if not isinstance(dataset, tf.data.Dataset):
@@ -281,10 +283,12 @@ class _Source:
         if cardinality == int(tf.data.INFINITE_CARDINALITY) and steps is None:
             raise ValueError("the dataset repeats forever: pass steps_per_epoch (validation_steps, steps)")
         self.steps = steps if steps is not None else (cardinality if known else None)
-        # Known length: repeat it, so TensorFlow's input pipeline needs no per-step "more data?" all-reduce.
+        # Known length: repeat it, so TensorFlow's input pipeline needs no per-step "more data?" all-reduce;
+        # when an epoch is a pass, no further than the passes fit runs (a Spark feed's rows read ahead are lost).
         self.known = infinite or known
+        self.done = threading.Event()  # set when training ends
         if known and not infinite:
-            dataset = dataset.repeat()
+            dataset = _then_idle(dataset, passes, self.done) if passes and steps is None else dataset.repeat()
         self._keep = keep_iterator or (infinite or (known and steps is not None))
         self._distributed = strategy.experimental_distribute_dataset(dataset)
         self._iterator: Any = None
@@ -328,8 +332,6 @@ def _known_passes(strategy: Any, dataset: Any, steps: int | None, passes: int) -
     pass still reads one fed epoch; after the last one the dataset idles (it reads nothing
     ahead, so a later fit's first pass starts at the next epoch) until training ends.
     """
-    import threading
-
     import tensorflow as tf
 
     done = threading.Event()
@@ -339,13 +341,20 @@ def _known_passes(strategy: Any, dataset: Any, steps: int | None, passes: int) -
     cardinality = int(dataset.cardinality())
     if not _same_on_all_workers(strategy, cardinality) or cardinality <= 0:
         return dataset, steps, done
+    return _then_idle(dataset, passes, done), cardinality, done
 
-    def idle():  # what prefetching reads after the last pass: nothing, once training ended
+
+def _then_idle(dataset: Any, passes: int, done: threading.Event) -> Any:
+    """``passes`` passes over ``dataset``, then an infinite dataset that yields nothing once ``done`` is set:
+    prefetching after the last pass waits there instead of reading a next pass's rows."""
+    import tensorflow as tf
+
+    def idle():
         done.wait()
         yield from ()
 
     tail = tf.data.Dataset.from_generator(idle, output_signature=dataset.element_spec).repeat()
-    return dataset.repeat(passes).concatenate(tail), cardinality, done
+    return dataset.repeat(passes).concatenate(tail)
 
 
 def _unscale(loss: Any) -> Any:
@@ -486,7 +495,7 @@ def fit(model: Any, x: Any, epochs: int = 1, steps_per_epoch: int | None = None,
     loop = _loop_for(model)
     # One iterator over the repeated training data for every epoch: a new one would drop the rows the
     # old one had read ahead, and for a Spark feed those rows are gone.
-    train = _Source(loop, x, steps_per_epoch, keep_iterator=True)
+    train = _Source(loop, x, steps_per_epoch, keep_iterator=True, passes=epochs - initial_epoch)
     val = _Source(loop, validation_data, validation_steps, keep_iterator=False) if validation_data is not None \
         else None
     _build(model, strategy, train.element_spec)
@@ -521,6 +530,7 @@ def fit(model: Any, x: Any, epochs: int = 1, steps_per_epoch: int | None = None,
                 break
         callback_list.on_train_end(logs=training_logs)
     finally:
+        train.done.set()
         model._initial_epoch = None
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
