@@ -115,15 +115,15 @@ class EpochCache:
         """Which ``rows`` of the cached ones the ``epoch``-th cached epoch serves, in order (None: all, as
         cached). A node caching more rows than an epoch serves leaves a different window out each epoch,
         or, shuffled, a different random subset."""
+        cached = self.rows  # one read: each takes the lock
         if shuffle:
             rng = np.random.default_rng(None if seed is None else [seed, epoch])
-            return rng.permutation(self.rows)[:rows]
-        extra = self.rows - rows
+            return rng.permutation(cached)[:rows]
+        extra = cached - rows
         if extra <= 0:
             return None
-        first = (epoch * extra) % self.rows
-        kept = np.arange(first + extra, first + self.rows) % self.rows
-        return np.sort(kept)
+        first = (epoch * extra) % cached
+        return np.sort(np.arange(first + extra, first + cached) % cached)
 
     def close(self) -> None:
         """Drops the cached rows and deletes the spill files; later add() calls keep nothing."""
