@@ -9,8 +9,8 @@ with one param map per grid point. :class:`TunableMixin` gives ``TFEstimator``:
   each task runs ``train_fn(args, ctx)`` with a :class:`TrialContext` whose
   ``get_data_feed`` serves those rows from memory with the DataFeed API. Spark places
   the tasks: N trials on E single-core executors take about ceil(N / E) rounds.
-  Estimators with ``cluster_size > 1`` or ``InputMode.TENSORFLOW`` train their trials one
-  after another, each on its own tfos cluster.
+  When any grid point has ``cluster_size > 1`` or ``InputMode.TENSORFLOW``, the trials
+  train one after another instead, each on its own tfos cluster.
 * Per-trial directories: every trial's ``export_dir`` and ``model_dir`` become siblings of
   the configured ones, ``<dir>-trial<index>-<token>`` (``model.keras`` becomes
   ``model-trial0-<token>.keras``), with a fresh token per ``fitMultiple`` call, so the
@@ -139,7 +139,8 @@ class _Trials:
     def _train(self) -> list[Any]:
         if not self.trials:
             return []
-        if not self.estimator._parallel_trials():
+        # each trial decides for itself: a grid may vary cluster_size or input_mode
+        if not all(trial._parallel_trials() for trial in self.trials):
             return [trial.fit(self.dataset) for trial in self.trials]
         return run_trials(self.dataset, self.trials)
 
