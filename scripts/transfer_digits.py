@@ -1,8 +1,9 @@
 """Transfer learning with tfos.ml on scikit-learn's digits (driver script; Spark-fed training, then Spark ML).
 
-1. A small CNN learns digits 0-4 on a (one-node) tfos cluster: the driver feeds (pixels, label) rows
-   from a DataFrame (``tfos.run(..., input_mode=InputMode.SPARK)`` + ``cluster.train``) and
-   the chief saves the model as a Keras file.
+1. A small CNN learns digits 0-4 on a two-node tfos cluster (MultiWorkerMirroredStrategy): the
+   driver feeds (pixels, label) rows from a DataFrame (``tfos.run(..., input_mode=InputMode.SPARK)``
+   + ``cluster.train``), the nodes train with ``tfos.keras.fit`` and the chief saves the model as a
+   Keras file.
 2. Digits 5-9 (never seen by the CNN) are written as 32x32 grayscale PNG files and read
    back with Spark's ``image`` source; the label comes from the file name.
 3. ``DeepFeaturizer`` takes the CNN's penultimate layer as features and Spark ML's
@@ -69,13 +70,16 @@ def train_fun(args, ctx):
     """Each node fits from the rows Spark feeds it (MultiWorkerMirroredStrategy); the chief saves the model."""
     import tensorflow as tf
 
+    from tfos.keras import fit
+
     tf.keras.utils.set_random_seed(args.seed)  # the same initial weights and dropout masks on every run
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
         model = build_cnn(5)
+    # balanced epochs of a length Keras knows: every worker takes the same steps, none gets an empty batch
     dataset = ctx.get_data_feed().as_dataset(args.batch_size)  # rows per worker a step
     dataset = dataset.map(lambda x, y: (tf.reshape(x, (-1, SIDE, SIDE, 1)), y))
-    model.fit(dataset, epochs=args.epochs, verbose=0)
+    fit(model, dataset, epochs=args.epochs, verbose=0)
     is_chief = ctx.job_name in ("chief", "master")
     scratch = None if is_chief else tempfile.mkdtemp(prefix="tfos-transfer-")
     model.save(args.model_path if is_chief else os.path.join(scratch, "model.keras"))  # every worker saves
@@ -115,10 +119,7 @@ def run(sc, args) -> dict:
     images, labels = digit_images(0, 4)
     rows = [(image.reshape(-1).astype(float).tolist(), int(label)) for image, label in zip(images, labels)]
     train_df = spark.createDataFrame(rows, "features array<float>, label long").repartition(4)
-    # One training node: with several, MultiWorkerMirroredStrategy hands a worker whose share of
-    # the feed is used up empty batches, and TensorFlow's oneDNN convolution fails on those
-    # ("input depth must be evenly divisible by filter depth"). The featurizing runs everywhere.
-    with tfos.run(sc, train_fun, args, args.train_nodes, input_mode=tfos.InputMode.SPARK,
+    with tfos.run(sc, train_fun, args, args.cluster_size, input_mode=tfos.InputMode.SPARK,
                   reservation_timeout=120) as cluster:
         cluster.train(train_df, num_epochs=args.epochs)
     print(f"trained the CNN on {len(rows)} images of digits 0-4 in {time.monotonic() - started:.0f} s: "
@@ -165,8 +166,7 @@ def run(sc, args) -> dict:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cluster_size", type=int, default=2, help="number of tfos nodes (executors)")
-    parser.add_argument("--train_nodes", type=int, default=1, help="tfos nodes that train the CNN")
+    parser.add_argument("--cluster_size", type=int, default=2, help="executors, all of them tfos nodes training the CNN")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch_size", type=int, default=32, help="per-worker batch size")
     parser.add_argument("--seed", type=int, default=0, help="seed of the CNN's weights and dropout")
