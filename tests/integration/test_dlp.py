@@ -176,6 +176,55 @@ def test_predictor_on_binary_files_runs_a_tf_keras_grayscale_savedmodel_with_top
         np.testing.assert_allclose(row.probs, expected[os.path.basename(row.image.origin)], rtol=1e-4, atol=1e-6)
 
 
+@pytest.fixture(scope="module")
+def formats(tmp_path_factory):
+    """One picture as PNG, JPEG, GIF and BMP (8x8 blocks of four colours), and its RGB pixels."""
+    from PIL import Image
+
+    palette = np.array([[250, 12, 12], [12, 250, 12], [12, 12, 250], [240, 240, 20]], dtype=np.uint8)
+    blocks = np.random.default_rng(3).integers(0, 4, size=(SIZE // 8, SIZE // 8))
+    index = blocks.repeat(8, axis=0).repeat(8, axis=1).astype(np.uint8)
+    rgb = palette[index]
+    root = tmp_path_factory.mktemp("formats")
+    Image.fromarray(rgb).save(root / "picture.png")
+    Image.fromarray(rgb).save(root / "picture.jpg", quality=100, subsampling=0)  # lossy, but close on flat blocks
+    indexed = Image.fromarray(index, mode="P")
+    indexed.putpalette(palette.reshape(-1).tolist())
+    indexed.save(root / "picture.gif")
+    Image.fromarray(rgb).save(root / "picture.bmp")
+    return str(root), rgb.astype(np.float32)
+
+
+def test_jpeg_gif_and_bmp_reach_the_model_as_rgb_pixels_and_preprocess_runs_first(spark, formats, tmp_path):
+    """An identity model shows what the transformers feed: the file's RGB pixels in 0-255, then preprocess."""
+    import keras
+
+    from tfos.ml import DeepPredictor
+
+    root, rgb = formats
+    identity = str(tmp_path / "identity.keras")
+    keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Flatten()]).save(identity)
+    predictor = DeepPredictor(inputCol="content", outputCol="pixels", modelPath=identity)
+    binary = spark.read.format("binaryFile").load(root)
+    source = spark.read.format("image").load(root)  # Java's ImageIO decodes these, tfos flips BGR to RGB
+    for out, path in ((predictor.transform(binary), "path"),
+                      (predictor.copy().setInputCol("image").transform(source), "image")):
+        rows = out.collect()
+        got = {os.path.splitext(os.path.basename(r.path if path == "path" else r.image.origin))[1]:
+               np.array(r.pixels, dtype=np.float32).reshape(SIZE, SIZE, 3) for r in rows}
+        assert sorted(got) == [".bmp", ".gif", ".jpg", ".png"]
+        for ext in (".bmp", ".gif", ".png"):
+            np.testing.assert_array_equal(got[ext], rgb, err_msg=f"{ext} via {path}")
+        assert np.abs(got[".jpg"] - rgb).mean() < 2 and np.abs(got[".jpg"] - rgb).max() < 24
+
+    halved = predictor.copy().setPreprocess(lambda batch: batch / 2)
+    halved.write().overwrite().save(str(tmp_path / "predictor"))
+    loaded = DeepPredictor.load(str(tmp_path / "predictor"))  # the preprocess function is saved with it
+    rows = loaded.transform(binary.where(binary.path.endswith(".png"))).collect()
+    assert len(rows) == 1
+    np.testing.assert_array_equal(np.array(rows[0].pixels).reshape(SIZE, SIZE, 3), rgb / 2)
+
+
 def test_bad_image_names_its_path_or_fills_error_col(spark, images, keras3_model, tmp_path):
     from tfos.ml import DeepPredictor
 
