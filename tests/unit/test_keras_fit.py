@@ -85,6 +85,24 @@ def test_callbacks_see_epochs_batches_and_can_stop(digits):
     assert ("batch", 9, ["accuracy", "loss"]) in seen
 
 
+def test_a_recompiled_model_trains_with_its_new_optimizer_and_trainable_weights(digits):
+    """Fine-tuning: fit, freeze a layer, compile again, fit: the second fit must not reuse the first's steps."""
+    model = model3()
+    _fit.fit(model, dataset(digits), epochs=1, verbose=0)
+    first_optimizer = model.optimizer
+    model.layers[0].trainable = False
+    frozen = [w.copy() for w in model.layers[0].get_weights()]
+    model.compile(optimizer=keras.optimizers.SGD(0.05),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    head = [w.copy() for w in model.layers[1].get_weights()]
+    history = _fit.fit(model, dataset(digits), epochs=2, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 2 * 29 and int(first_optimizer.iterations.numpy()) == 29
+    for before, after in zip(frozen, model.layers[0].get_weights()):
+        np.testing.assert_array_equal(before, after)
+    assert any(not np.array_equal(b, a) for b, a in zip(head, model.layers[1].get_weights()))
+    assert len(history.history["loss"]) == 2 and 0 < history.history["accuracy"][-1] <= 1
+
+
 def test_early_stopping_and_model_checkpoint(digits, tmp_path):
     model = model3()
     path = str(tmp_path / "e{epoch}.weights.h5")

@@ -264,7 +264,7 @@ class _Loop:
 class _Source:
     """One dataset distributed under the strategy, and how its epochs are cut into steps."""
 
-    def __init__(self, loop: _Loop, dataset: Any, steps: int | None, keep_iterator: bool,
+    def __init__(self, strategy: Any, dataset: Any, steps: int | None, keep_iterator: bool,
                  passes: int | None = None) -> None:
         import tensorflow as tf
 
@@ -273,7 +273,6 @@ class _Source:
                 f"tfos.keras.fit takes a tf.data.Dataset of (x, y) or (x, y, sample_weight) batches, e.g. "
                 f"ctx.get_data_feed().as_dataset(batch_size) or tf.data.Dataset.from_tensor_slices(...).batch(n); "
                 f"got {type(dataset).__name__}")
-        strategy = loop.strategy
         self.element_spec = dataset.element_spec
         cardinality = int(dataset.cardinality())
         # Every worker takes part in this all-reduce, whatever its own cardinality, so all choose the same path.
@@ -431,11 +430,15 @@ def _redirect_backups(callbacks: list[Any], tmp: str | None) -> None:
 
 
 def _loop_for(model: Any) -> _Loop:
-    loop = getattr(model, "_tfos_loop", None)
-    if loop is None or loop.strategy is not model.distribute_strategy:
-        loop = _Loop(model, model.distribute_strategy)
-        model._tfos_loop = loop
-    return loop
+    """The model's step functions, traced anew when what they captured changed: the strategy, a compile
+    (a new optimizer, loss and metrics; Keras makes a new loss tracker each time) or the trainable weights."""
+    key = (model.distribute_strategy, getattr(model, "_loss_tracker", None),
+           tuple(id(v) for v in model.trainable_variables))
+    cached = getattr(model, "_tfos_loop", None)
+    if cached is None or cached[0] != key:
+        cached = (key, _Loop(model, model.distribute_strategy))
+        model._tfos_loop = cached
+    return cached[1]
 
 
 def fit(model: Any, x: Any, epochs: int = 1, steps_per_epoch: int | None = None, callbacks: list[Any] | None = None,
@@ -492,13 +495,13 @@ def fit(model: Any, x: Any, epochs: int = 1, steps_per_epoch: int | None = None,
                                                      and not model.losses):
         raise ValueError("compile the model (with a loss and an optimizer) in strategy.scope() before tfos.keras.fit")
     verbose = resolve_verbose(verbose)
-    loop = _loop_for(model)
     # One iterator over the repeated training data for every epoch: a new one would drop the rows the
     # old one had read ahead, and for a Spark feed those rows are gone.
-    train = _Source(loop, x, steps_per_epoch, keep_iterator=True, passes=epochs - initial_epoch)
-    val = _Source(loop, validation_data, validation_steps, keep_iterator=False) if validation_data is not None \
-        else None
+    train = _Source(strategy, x, steps_per_epoch, keep_iterator=True, passes=epochs - initial_epoch)
+    val = _Source(strategy, validation_data, validation_steps, keep_iterator=False) \
+        if validation_data is not None else None
     _build(model, strategy, train.element_spec)
+    loop = _loop_for(model)
 
     user_callbacks, tmp = _private_copies(list(callbacks or []), is_chief(strategy))
     callback_list = keras.callbacks.CallbackList(user_callbacks, add_history=True, add_progbar=verbose != 0,
@@ -561,9 +564,9 @@ def evaluate(model: Any, x: Any, steps: int | None = None, verbose: Any = "auto"
     _check_strategy(strategy)
     _check_own_steps(model)
     verbose = resolve_verbose(verbose)
-    loop = _loop_for(model)
-    source = _Source(loop, x, steps, keep_iterator=False)
+    source = _Source(strategy, x, steps, keep_iterator=False)
     _build(model, strategy, source.element_spec)
+    loop = _loop_for(model)
     callback_list = keras.callbacks.CallbackList([], add_progbar=verbose != 0, verbose=verbose, epochs=1,
                                                  steps=source.steps, model=model)
     loop.reset_metrics()
