@@ -5,7 +5,7 @@ import socket
 import pytest
 
 from tfos.errors import TFOSError
-from tfos.executor._bootstrap import _bind_tcp
+from tfos.executor._bootstrap import _bind_tcp, set_keras
 from tfos.executor._logs import LogShipper
 
 
@@ -57,3 +57,16 @@ def test_port_range_skips_ports_in_use_and_names_the_setting_when_full():
             free.close()
         with pytest.raises(TFOSError, match="TFOS_TENSORBOARD_PORT"):
             _bind_tcp(ports=range(port, port + 1))
+
+
+@pytest.mark.parametrize("keras, executor_env, node_env", [
+    (2, "0", "1"),  # tfos.run(keras=2) wins over the executors' own setting
+    (3, "1", "0"),
+    (3, None, "0"),
+    (None, "0", "0"),  # no keras= : the executors' own setting
+    (None, None, "1"),  # nothing anywhere: tf-keras, what TFoS programs (tfos.compat) are written for
+])
+def test_the_keras_setting_picks_what_tf_keras_is_on_the_node(keras, executor_env, node_env):
+    env = {} if executor_env is None else {"TF_USE_LEGACY_KERAS": executor_env}
+    set_keras(env, keras)
+    assert env["TF_USE_LEGACY_KERAS"] == node_env

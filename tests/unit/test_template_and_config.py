@@ -46,6 +46,7 @@ def test_tf_config_leaves_evaluator_out_of_the_training_cluster():
     ({"max_restarts": -1}, "max_restarts must be an integer >= 0"),
     ({"num_gpus": -1}, "num_gpus must be an integer >= 0"),
     ({"max_restarts": 1, "input_mode": 1}, "max_restarts needs input_mode=InputMode.TENSORFLOW"),
+    ({"keras": 4}, r"keras must be 2 \(tf-keras\), 3 \(Keras 3\) or None"),
 ])
 def test_config_rejects_bad_arguments(kwargs, message):
     args = {"main_fun": main_fun, "num_executors": 2, **kwargs}

@@ -377,6 +377,14 @@ def _bind_unix(path: str) -> socket.socket:
     return s
 
 
+def set_keras(env: dict[str, str], keras: int | None) -> None:
+    """What ``tf.keras`` is on the node: ``tfos.run(keras=2 | 3)``, else the executors' own
+    ``TF_USE_LEGACY_KERAS``, else tf-keras."""
+    if keras is not None:
+        env["TF_USE_LEGACY_KERAS"] = "1" if keras == 2 else "0"
+    env.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+
 def _start_node(payload: NodePayload, config: dict[str, Any], cuda_devices: str | None,
                 keep_fds: list[int]) -> subprocess.Popen:
     env = dict(os.environ)
@@ -385,10 +393,7 @@ def _start_node(payload: NodePayload, config: dict[str, Any], cuda_devices: str 
     env["TF_CONFIG"] = json.dumps(config)
     # The node imports the user's modules from the same places as this Python worker.
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    # What tf.keras is: tf-keras unless asked otherwise (tfos.run(keras=...), or the executors' env).
-    if payload.keras is not None:
-        env["TF_USE_LEGACY_KERAS"] = "1" if payload.keras == 2 else "0"
-    env.setdefault("TF_USE_LEGACY_KERAS", "1")
+    set_keras(env, payload.keras)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     env["PYTHONUNBUFFERED"] = "1"  # print() lines reach the log, and the driver, as they happen
     with open(log_path(payload.job_name, payload.task_index), "ab") as logfile:
