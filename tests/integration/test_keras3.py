@@ -80,6 +80,8 @@ def fit_fun(args, ctx):
     else:
         dataset = tf.data.Dataset.from_tensor_slices((x_train, y_train)).shuffle(2048, seed=1).batch(64)
         validation = test
+        if args["mode"] == "uneven" and ctx.job_name == "worker":
+            dataset = dataset.take(10)  # runs out first: trains on empty batches while the chief goes on
     callbacks = [tfos.keras.progress_callback(ctx)]
     if args["mode"] == "spark":
         # two calls: the first must read nothing of the second's epochs ahead
@@ -152,6 +154,17 @@ def test_self_read_keras3_fit_with_validation_and_evaluate(sc, tmp_path, no_left
     assert chief["history"]["val_accuracy"][-1] >= 0.9
     # validation runs on the same test set as evaluate, after the last epoch's weights
     assert abs(chief["history"]["val_accuracy"][-1] - chief["evaluate"]["accuracy"]) < 1e-6
+
+
+def test_workers_with_datasets_of_different_lengths_take_the_same_steps(sc, tmp_path, no_leftovers):
+    epochs = 6
+    with tfos.run(sc, fit_fun, {"out": str(tmp_path), "mode": "uneven", "epochs": epochs}, 2,
+                  reservation_timeout=120, keras=3):
+        pass
+    chief = check_in_sync(tmp_path, epochs)
+    worker = read_results(tmp_path)["worker-0"]
+    assert (chief["cardinality"], worker["cardinality"]) == (-(-len(digits_split()[0][0]) // 64), 10)
+    assert chief["steps"] == worker["steps"] == epochs * chief["cardinality"]  # the longer dataset's steps
 
 
 def backup_fun(args, ctx):
