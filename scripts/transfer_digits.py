@@ -166,7 +166,7 @@ def run(sc, args) -> dict:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cluster_size", type=int, default=2, help="executors, all of them tfos nodes training the CNN")
+    parser.add_argument("--cluster_size", type=int, default=2, help="executors (tfos nodes training the CNN)")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch_size", type=int, default=32, help="per-worker batch size")
     parser.add_argument("--seed", type=int, default=0, help="seed of the CNN's weights and dropout")
