@@ -101,6 +101,32 @@ def test_a_recompiled_model_trains_with_its_new_optimizer_and_trainable_weights(
         np.testing.assert_array_equal(before, after)
     assert any(not np.array_equal(b, a) for b, a in zip(head, model.layers[1].get_weights()))
     assert len(history.history["loss"]) == 2 and 0 < history.history["accuracy"][-1] <= 1
+    assert [m.name for m in model.metrics].count("loss") == 1  # no stale loss tracker among the metrics
+
+
+def test_a_subclassed_model_with_its_own_compute_loss_trains_twice(digits):
+    class Smoothed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.hidden, self.out = keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)
+            self.calls = 0
+
+        def call(self, x):
+            return self.out(self.hidden(x))
+
+        def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+            self.calls += 1  # counted while tracing: the loop uses this compute_loss
+            return super().compute_loss(x, y, y_pred, sample_weight, training) + 0.0 * tf.reduce_sum(y_pred)
+
+    keras.utils.set_random_seed(0)
+    model = Smoothed()
+    model.compile(optimizer=keras.optimizers.Adam(0.01),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    _fit.fit(model, dataset(digits), epochs=2, verbose=0)
+    history = _fit.fit(model, dataset(digits), epochs=4, initial_epoch=2, verbose=0)
+    assert model.calls >= 1 and history.history["accuracy"][-1] > 0.9
+    assert int(model.optimizer.iterations.numpy()) == 4 * 29
+    assert sorted(_fit.evaluate(model, dataset(digits), verbose=0)) == ["accuracy", "loss"]
 
 
 def test_early_stopping_and_model_checkpoint(digits, tmp_path):

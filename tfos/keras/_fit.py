@@ -127,6 +127,7 @@ class _Loop:
         self._test_step = tf.function(self._test_known, reduce_retracing=True)
         self._test_optional = tf.function(self._test_maybe, reduce_retracing=True)
         self._gather = None
+        self.key: tuple[Any, ...] = ()  # what the traced steps captured (see _loop_for)
 
     # ---- per-replica steps -------------------------------------------------------------------
     def _replica_train(self, data: Any) -> Any:
@@ -432,13 +433,13 @@ def _redirect_backups(callbacks: list[Any], tmp: str | None) -> None:
 def _loop_for(model: Any) -> _Loop:
     """The model's step functions, traced anew when what they captured changed: the strategy, a compile
     (a new optimizer, loss and metrics; Keras makes a new loss tracker each time) or the trainable weights."""
-    key = (model.distribute_strategy, getattr(model, "_loss_tracker", None),
-           tuple(id(v) for v in model.trainable_variables))
-    cached = getattr(model, "_tfos_loop", None)
-    if cached is None or cached[0] != key:
-        cached = (key, _Loop(model, model.distribute_strategy))
-        model._tfos_loop = cached
-    return cached[1]
+    key = (model.distribute_strategy, getattr(model, "_loss_tracker", None), *model.trainable_variables)
+    loop = getattr(model, "_tfos_loop", None)  # a plain object: Keras tracks no metric inside it
+    if loop is None or len(loop.key) != len(key) or any(a is not b for a, b in zip(loop.key, key)):
+        loop = _Loop(model, model.distribute_strategy)
+        loop.key = key
+        model._tfos_loop = loop
+    return loop
 
 
 def fit(model: Any, x: Any, epochs: int = 1, steps_per_epoch: int | None = None, callbacks: list[Any] | None = None,
