@@ -145,12 +145,16 @@ def test_spark_fed_keras3_fit_trains_both_workers_in_sync(sc, tmp_path, no_lefto
     assert tf_model_accuracy(spark, str(tmp_path / "model.keras")) >= 0.9
 
 
-def test_self_read_keras3_fit_with_validation_and_evaluate(sc, tmp_path, no_leftovers):
-    epochs = 10
-    with tfos.run(sc, fit_fun, {"out": str(tmp_path), "mode": "self", "epochs": epochs}, 2,
-                  reservation_timeout=120, keras=3):
+def self_read(sc, out, mode: str, epochs: int) -> tuple[dict, dict]:
+    """Runs fit_fun on 2 Keras 3 nodes reading their own data; the chief's and the worker's results, in sync."""
+    with tfos.run(sc, fit_fun, {"out": str(out), "mode": mode, "epochs": epochs}, 2, reservation_timeout=120,
+                  keras=3):
         pass
-    chief = check_in_sync(tmp_path, epochs)
+    return check_in_sync(out, epochs), read_results(out)["worker-0"]
+
+
+def test_self_read_keras3_fit_with_validation_and_evaluate(sc, tmp_path, no_leftovers):
+    chief, _ = self_read(sc, tmp_path, "self", epochs=10)
     assert chief["history"]["val_accuracy"][-1] >= 0.9
     # validation runs on the same test set as evaluate, after the last epoch's weights
     assert abs(chief["history"]["val_accuracy"][-1] - chief["evaluate"]["accuracy"]) < 1e-6
@@ -158,11 +162,7 @@ def test_self_read_keras3_fit_with_validation_and_evaluate(sc, tmp_path, no_left
 
 def test_workers_with_datasets_of_different_lengths_take_the_same_steps(sc, tmp_path, no_leftovers):
     epochs = 6
-    with tfos.run(sc, fit_fun, {"out": str(tmp_path), "mode": "uneven", "epochs": epochs}, 2,
-                  reservation_timeout=120, keras=3):
-        pass
-    chief = check_in_sync(tmp_path, epochs)
-    worker = read_results(tmp_path)["worker-0"]
+    chief, worker = self_read(sc, tmp_path, "uneven", epochs)
     assert (chief["cardinality"], worker["cardinality"]) == (-(-len(digits_split()[0][0]) // 64), 10)
     assert chief["steps"] == worker["steps"] == epochs * chief["cardinality"]  # the longer dataset's steps
 

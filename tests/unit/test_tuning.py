@@ -17,11 +17,14 @@ class FakeTrial:
         return f"model of {self.name}"
 
 
+def refuse(*args: object) -> None:
+    raise AssertionError("the trials ran in parallel")
+
+
 def test_a_grid_point_that_needs_a_cluster_makes_every_trial_fit_on_its_own(monkeypatch):
-    monkeypatch.setattr(_tuning, "run_trials", lambda *a: (_ for _ in ()).throw(AssertionError("ran in parallel")))
+    monkeypatch.setattr(_tuning, "run_trials", refuse)
     trials = [FakeTrial(True, "cluster_size=1"), FakeTrial(False, "cluster_size=2")]
-    base = FakeTrial(True, "the estimator the grid was built from")
-    assert list(_tuning._Trials(base, "rows", trials)) == [(0, "model of cluster_size=1"),
+    assert list(_tuning._Trials("rows", trials)) == [(0, "model of cluster_size=1"),
                                                           (1, "model of cluster_size=2")]
     assert [t.fitted_on for t in trials] == ["rows", "rows"]
 
@@ -31,5 +34,5 @@ def test_single_node_spark_fed_trials_run_in_parallel_once(monkeypatch):
     monkeypatch.setattr(_tuning, "run_trials", lambda dataset, trials: calls.append(dataset) or
                         [f"parallel {t.name}" for t in trials])
     trials = [FakeTrial(True, "a"), FakeTrial(True, "b")]
-    assert list(_tuning._Trials(FakeTrial(False, "base"), "rows", trials)) == [(0, "parallel a"), (1, "parallel b")]
+    assert list(_tuning._Trials("rows", trials)) == [(0, "parallel a"), (1, "parallel b")]
     assert calls == ["rows"]

@@ -90,8 +90,9 @@ class TunableMixin:
     def fitMultiple(self, dataset: Any, paramMaps: Any) -> Iterator[tuple[int, Any]]:  # noqa: N802
         """Fits one model per param map; returns a thread-safe iterator of ``(index, model)``.
 
-        Single-node Spark-fed estimators (the default ``cluster_size=1``) run every trial as
-        its own Spark task, in parallel across executors; others train them in turn.
+        When every param map leaves a single-node Spark-fed estimator (the default
+        ``cluster_size=1``), each trial runs as its own Spark task, in parallel across
+        executors; otherwise the trials train in turn.
         """
         param_maps = list(paramMaps)
         token = uuid.uuid4().hex[:8]
@@ -101,7 +102,7 @@ class TunableMixin:
             for param in (trial.export_dir, trial.model_dir):
                 trial._set(**{param.name: trial_path(trial.getOrDefault(param), index, token)})
             trials.append(trial)
-        return _Trials(self, dataset, trials)
+        return _Trials(dataset, trials)
 
     def _parallel_trials(self) -> bool:
         from tfos.config import InputMode
@@ -115,8 +116,7 @@ class TunableMixin:
 class _Trials:
     """What ``fitMultiple`` returns: trains every trial on the first ``next()``, then hands out models."""
 
-    def __init__(self, estimator: Any, dataset: Any, trials: list[Any]) -> None:
-        self.estimator = estimator
+    def __init__(self, dataset: Any, trials: list[Any]) -> None:
         self.dataset = dataset
         self.trials = trials
         self.lock = threading.Lock()
