@@ -262,6 +262,20 @@ def test_unknown_layer_lists_the_models_layers(spark, images, keras3_model):
     assert len(conv[0].features) == 30 * 30 * 4  # the layer's output, flattened
 
 
+def test_a_model_of_two_outputs_is_refused_by_the_predictor(spark, images, tmp_path):
+    import keras
+
+    from tfos.ml import DeepPredictor
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    path = str(tmp_path / "two.keras")
+    keras.Model(inputs, [keras.layers.Dense(2, name="a")(pooled), keras.layers.Dense(3, name="b")(pooled)]).save(path)
+    df = spark.read.format("binaryFile").load(images).limit(2)
+    with pytest.raises(Exception, match=r"two\.keras has 2 outputs \['a', 'b'\]; DeepPredictor gives one"):
+        DeepPredictor(inputCol="content", modelPath=path).transform(df).collect()
+
+
 def test_missing_weights_and_bad_settings_fail_on_the_driver_before_any_job(sc, spark, images, tmp_path):
     from tfos.errors import TFOSConfigError
     from tfos.ml import DeepFeaturizer, DeepPredictor

@@ -317,6 +317,8 @@ class _ImageRunner:
 
         model = self.model()
         size = _models.image_size(model, self.source.label)
+        if not self.featurize:
+            _models.check_one_output(model, self.source.label)
         preprocess = self._preprocess()
         partition = TaskContext.get().partitionId()
         offset = 0

@@ -262,6 +262,16 @@ def image_size(model: Any, label: str) -> tuple[int, int, int]:
     return int(shape[1]), int(shape[2]), int(shape[3])
 
 
+def check_one_output(model: Any, label: str) -> None:
+    """Refuses a model of several outputs, whose values would otherwise interleave across rows."""
+    outputs = getattr(model, "outputs", None) or []
+    if len(outputs) > 1:
+        names = list(getattr(model, "output_names", None) or range(len(outputs)))
+        raise TFOSConfigError(f"model {label} has {len(outputs)} outputs {names}; DeepPredictor gives one. Save "
+                              "keras.Model(model.inputs, model.outputs[i]) for the output you want, or use "
+                              "tfos.ml.TFModel, which maps each output to a column (setOutputMapping)")
+
+
 def layer_names(model: Any) -> list[str]:
     return [layer.name for layer in getattr(model, "layers", [])]
 
