@@ -27,21 +27,24 @@ def frame(spark, rows=80):
 
 
 def train_fn(args, ctx):
-    """Fits a linear Keras model; records where and when it ran next to its export."""
+    """Fits a linear Keras model; records where it ran (and whether it met the other trials) next to its export."""
     import tensorflow as tf
 
-    start = time.time()
     feed = ctx.get_data_feed(input_mapping=args.input_mapping)
     model = tf.keras.Sequential([tf.keras.Input(shape=(2,), name="x"), tf.keras.layers.Dense(1, name="y")])
     model.compile(optimizer=tf.keras.optimizers.SGD(args.learning_rate), loss="mse")
     dataset = feed.as_dataset(16).map(lambda d: (d["x"], d["y"]))
     model.fit(dataset, epochs=args.epochs, verbose=0)
     model.save(args.export_dir)
-    if getattr(args, "sleep", 0):
-        time.sleep(args.sleep)  # long enough that parallel trials surely overlap
+    met = None
+    if getattr(args, "rendezvous", None):  # every trial waits here for the others: only parallel ones meet
+        open(os.path.join(args.rendezvous, str(args.learning_rate)), "w").close()
+        deadline = time.monotonic() + 60
+        while len(os.listdir(args.rendezvous)) < args.trials and time.monotonic() < deadline:
+            time.sleep(0.05)
+        met = len(os.listdir(args.rendezvous)) >= args.trials
     with open(args.export_dir + ".json", "w") as f:
-        json.dump({"pid": os.getpid(), "start": start, "end": time.time(), "lr": args.learning_rate,
-                   "epochs": args.epochs}, f)
+        json.dump({"pid": os.getpid(), "lr": args.learning_rate, "epochs": args.epochs, "met": met}, f)
 
 
 def estimator(tmp_path, **args):
@@ -98,7 +101,8 @@ def test_cross_validator_grids_params_and_args_each_fit_in_its_own_file(spark, t
 def test_fit_multiple_runs_trials_in_parallel_on_both_executors(spark, tmp_path):
     from pyspark.ml.tuning import ParamGridBuilder
 
-    est = estimator(tmp_path, sleep=3)
+    (tmp_path / "rendezvous").mkdir()
+    est = estimator(tmp_path, rendezvous=str(tmp_path / "rendezvous"), trials=2)
     lr = est.argParam("learning_rate")
     grid = ParamGridBuilder().addGrid(lr, [0.05, 0.1]).build()
     models = dict(est.fitMultiple(frame(spark), grid))
@@ -108,7 +112,7 @@ def test_fit_multiple_runs_trials_in_parallel_on_both_executors(spark, tmp_path)
     runs = [json.load(open(p + ".json")) for p in paths]
     assert [r["lr"] for r in runs] == [0.05, 0.1]
     assert runs[0]["pid"] != runs[1]["pid"]  # two executors' Python workers
-    assert max(r["start"] for r in runs) < min(r["end"] for r in runs)  # at the same time
+    assert [r["met"] for r in runs] == [True, True]  # both were running at once
     out = models[1].transform(frame(spark, rows=10))
     assert out.count() == 10 and "prediction" in out.columns
 
