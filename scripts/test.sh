@@ -3,7 +3,7 @@
 # integration tests). Extra arguments go to pytest, e.g. ./scripts/test.sh -m "not spark".
 set -euo pipefail
 source "$(dirname "$0")/setup_env.sh"
-ruff check --line-length 120 --select E,F,W,I,B,UP --ignore B905 --target-version py310 tfos tests scripts
+ruff check tfos tests scripts  # settings in .ruff.toml
 set +e
 python -m pytest "$@"
 code=$?
