@@ -169,3 +169,59 @@ def test_reservation_ports_follow_tfos_server_port(monkeypatch):
         assert tuple(server.start()) == ("127.0.0.1", free)
     finally:
         server.stop()
+
+
+def test_server_address_helpers_honour_tfos_server_host_and_port(monkeypatch):
+    """TFoS's Server.get_server_ip / get_server_ports / start_listening_socket, and start() built on them."""
+    import socket
+
+    from tfos.compat import util
+    from tfos.compat._unsupported import UnsupportedNameError
+
+    server = reservation.Server(1)
+    monkeypatch.delenv("TFOS_SERVER_HOST", raising=False)
+    monkeypatch.delenv("TFOS_SERVER_PORT", raising=False)
+    assert server.get_server_ip() == util.get_ip_address()
+    assert server.get_server_ports() == [0]
+    monkeypatch.setenv("TFOS_SERVER_PORT", "9997-9999")
+    assert server.get_server_ports() == [9997, 9998, 9999]
+    monkeypatch.setenv("TFOS_SERVER_PORT", "8888")
+    assert server.get_server_ports() == [8888]
+    monkeypatch.setenv("TFOS_SERVER_PORT", "88-x")
+    with pytest.raises(TFOSConfigError, match="TFOS_SERVER_PORT='88-x'"):
+        server.get_server_ports()
+
+    # A busy first port is skipped, by the plain socket and by the server itself.
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    first = busy.getsockname()[1]
+    monkeypatch.setenv("TFOS_SERVER_HOST", "127.0.0.1")
+    assert server.get_server_ip() == "127.0.0.1"
+    try:
+        for second in range(first + 1, first + 50):
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", second))
+                    break
+                except OSError:
+                    continue
+        monkeypatch.setenv("TFOS_SERVER_PORT", f"{first}-{second}")
+        sock = server.start_listening_socket()
+        try:
+            assert sock.getsockname() == ("127.0.0.1", second)
+        finally:
+            sock.close()
+        try:
+            assert tuple(server.start()) == ("127.0.0.1", second)
+        finally:
+            server.stop()
+        monkeypatch.setenv("TFOS_SERVER_PORT", f"{first}")
+        with pytest.raises(TFOSError, match=f"none of ports \\[{first}\\].*TFOS_SERVER_PORT"):
+            reservation.Server(1).start_listening_socket()
+        with pytest.raises(TFOSError, match="TFOS_SERVER_PORT"):
+            reservation.Server(1).start()
+    finally:
+        busy.close()
+    with pytest.raises(UnsupportedNameError, match="Client.register"):
+        server.send(None, {"type": "REG"})

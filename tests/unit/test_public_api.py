@@ -97,6 +97,101 @@ def test_compat_has_every_tensorflowonspark_name():
     assert missing == KNOWN_GAPS
 
 
+# The public methods of TensorFlowOnSpark 2.2.5's public classes, with their own and inherited-from-TFoS methods (read
+# from the wheel): required positional parameters, then "name=" for those with defaults. TFManager's are the ones
+# TFoS registered on its BaseManager. reservation.MessageSocket itself is refused by name (above); the pickled
+# receive / send that Server and Client inherited from it are refused by call.
+_HAS = ("BatchSize", "ClusterSize", "Epochs", "ExportDir", "GraceSecs", "InputMapping", "InputMode", "MasterNode",
+        "ModelDir", "NumPS", "OutputMapping", "Protocol", "Readers", "Steps", "Tensorboard", "TFRecordDir",
+        "SignatureDefKey", "TagSet")
+_ESTIMATOR = ("InputMapping", "ClusterSize", "NumPS", "DriverPSNodes", "InputMode", "MasterNode", "Protocol",
+              "GraceSecs", "Tensorboard", "ModelDir", "ExportDir", "TFRecordDir", "BatchSize", "Epochs", "Readers",
+              "Steps")
+_MODEL = ("InputMapping", "OutputMapping", "BatchSize", "ModelDir", "ExportDir", "SignatureDefKey", "TagSet")
+
+
+def _accessors(*suffixes: str) -> dict[str, str]:
+    return {name: ("value" if name.startswith("set") else "") for s in suffixes for name in (f"set{s}", f"get{s}")}
+
+
+TFOS_METHODS: dict[tuple[str, str], dict[str, str]] = {
+    ("TFCluster", "TFCluster"): {"train": "dataRDD num_epochs= feed_timeout= qname=",
+                                 "inference": "dataRDD feed_timeout= qname=", "shutdown": "ssc= grace_secs= timeout=",
+                                 "tensorboard_url": ""},
+    ("TFManager", "TFManager"): {"get_queue": "qname", "get": "key", "set": "key value"},
+    ("TFNode", "DataFeed"): {"__init__": "mgr train_mode= qname_in= qname_out= input_mapping=",
+                             "next_batch": "batch_size", "should_stop": "", "batch_results": "results",
+                             "terminate": ""},
+    ("TFSparkNode", "TFNodeContext"): {
+        "__init__": "executor_id= job_name= task_index= cluster_spec= defaultFS= working_dir= mgr= tmp_socket=",
+        "absolute_path": "path", "start_cluster_server": "num_gpus= rdma=",
+        "export_saved_model": "sess export_dir tag_set signatures",
+        "get_data_feed": "train_mode= qname_in= qname_out= input_mapping=", "release_port": ""},
+    ("pipeline", "TFTypeConverters"): {"toDict": "value"},  # a staticmethod in TFoS (no self)
+    **{("pipeline", f"Has{s}"): {"__init__": "", **_accessors(s, *(("DriverPSNodes",) if s == "NumPS" else ()))}
+       for s in _HAS},
+    ("pipeline", "Namespace"): {"__init__": "d"},
+    ("pipeline", "TFParams"): {"merge_args_params": ""},
+    ("pipeline", "TFEstimator"): {"__init__": "train_fn tf_args export_fn=", "merge_args_params": "",
+                                  **_accessors(*_ESTIMATOR)},
+    ("pipeline", "TFModel"): {"__init__": "tf_args", "merge_args_params": "", **_accessors(*_MODEL)},
+    ("reservation", "Reservations"): {"__init__": "required", "add": "meta", "done": "", "get": "", "remaining": ""},
+    ("reservation", "Server"): {"__init__": "count", "await_reservations": "sc status= timeout=", "start": "",
+                                "get_server_ip": "", "get_server_ports": "", "start_listening_socket": "",
+                                "stop": "", "receive": "sock", "send": "sock msg"},
+    ("reservation", "Client"): {"__init__": "server_addr", "close": "", "register": "reservation",
+                                "get_reservations": "", "await_reservations": "", "request_stop": "",
+                                "receive": "sock", "send": "sock msg"},
+}
+
+
+def test_compat_classes_have_every_tensorflowonspark_method():
+    """Each TFoS method exists and accepts TFoS's call, or (a refused one) raises an error naming the replacement."""
+    import importlib
+    import inspect
+
+    from tfos.compat._unsupported import UnsupportedNameError
+
+    assert len(TFOS_METHODS) == 30
+    problems = []
+    for (module, cls_name), methods in TFOS_METHODS.items():
+        cls = getattr(importlib.import_module(f"tfos.compat.{module}"), cls_name)
+        for name, params in methods.items():
+            method = inspect.getattr_static(cls, name, None)
+            if method is None or not callable(getattr(cls, name)):
+                problems.append(f"{module}.{cls_name}.{name}: missing")
+                continue
+            positional = [p for p in params.split() if not p.endswith("=")]
+            keywords = {p[:-1]: object() for p in params.split() if p.endswith("=")}
+            args = [object() for _ in positional]
+            if getattr(method, "tfos_refused", False):
+                try:
+                    method(object(), *args, **keywords)
+                except UnsupportedNameError as exc:
+                    assert "tfos" in str(exc), (module, cls_name, name)
+                else:
+                    problems.append(f"{module}.{cls_name}.{name}: a refused method that did not raise")
+                continue
+            bound = isinstance(method, staticmethod)
+            try:
+                inspect.signature(getattr(cls, name)).bind(*([] if bound else [object()]), *args, **keywords)
+            except TypeError as exc:
+                problems.append(f"{module}.{cls_name}.{name}({params}): {exc}")
+    assert problems == []
+
+
+def test_compat_classes_keep_tensorflowonspark_spark_bases():
+    """TFoS's pipeline classes were Spark ML ones: their inherited methods (fit, transform, copy, ...) stay."""
+    from pyspark.ml import Estimator, Model
+    from pyspark.ml.param import Params
+
+    from tfos.compat import pipeline
+
+    assert issubclass(pipeline.TFEstimator, Estimator) and issubclass(pipeline.TFModel, Model)
+    for name in ("TFParams", *(f"Has{s}" for s in _HAS)):
+        assert issubclass(getattr(pipeline, name), Params), name
+
+
 def test_compat_star_imports_and_no_tensorflow_at_import():
     code = ("import importlib, sys\n"
             f"for m in {sorted(TFOS_NAMES)!r}:\n"

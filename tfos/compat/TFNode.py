@@ -60,7 +60,12 @@ class TFNodeContext:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ctx, name)
 
+    def absolute_path(self, path: str) -> str:
+        """``hdfs_path(self, path)``, as TFoS's ``ctx.absolute_path``."""
+        return hdfs_path(self, path)
+
     def release_port(self) -> None:
+        """Frees the port this node holds for TensorFlow's server (TFoS's ``ctx.release_port()``)."""
         self._ctx.release_port()
         self.tmp_socket = None
 

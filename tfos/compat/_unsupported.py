@@ -48,6 +48,27 @@ def module_getattr(module: str, names: dict[str, str]) -> tuple[Callable[[str], 
     return __getattr__, __dir__
 
 
+def refused_method(name: str, instead: str) -> Callable[..., Any]:
+    """A method standing in for TFoS's ``name`` that raises :class:`UnsupportedNameError` when called.
+
+    Unlike a refused module name, the method exists on the class (``hasattr`` is true), so
+    code that only looks it up still imports; the call names the replacement.
+
+    Args:
+        name: TFoS's ``Class.method``.
+        instead: the sentence naming the tfos replacement.
+    """
+
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise unsupported(name, instead)
+
+    method.__name__ = name.rsplit(".", 1)[-1]
+    method.__qualname__ = name
+    method.__doc__ = f"TensorFlowOnSpark's ``{name}``: refused. {instead}"
+    method.tfos_refused = True  # type: ignore[attr-defined]  # lets the public-API test call it
+    return method
+
+
 @functools.cache
 def tensorflow_version() -> str | None:
     """The installed TensorFlow's version from package metadata (TensorFlow is not imported), or None."""

@@ -6,7 +6,11 @@ with a per-server secret on every call, never pickle from a socket. The address 
 ``Server.start()`` returns carries the secret, so TFoS code that pickles it into its
 Spark closures and builds ``Client(addr)`` on the executors works unchanged.
 ``TFOS_SERVER_HOST`` and ``TFOS_SERVER_PORT`` (a port or a range like ``9000-9100``)
-choose the address, as in TFoS.
+choose the address, as in TFoS, through ``Server.get_server_ip()`` and
+``get_server_ports()`` (a subclass may override them). ``start_listening_socket()``
+returns a plain TCP socket bound as TFoS bound its own, for code that wants one;
+tfos's server is gRPC and does not use it. TFoS's pickled ``receive`` / ``send`` are
+refused with an error naming the calls to use.
 
 Metadata travels as JSON: strings, numbers, booleans, None, lists, dicts with string
 keys, and bytes (kept as bytes). Tuples come back as lists.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import secrets
 import socket
 import threading
@@ -24,7 +29,7 @@ from typing import Any
 
 from tfos import _constants as C
 from tfos._rpc import ControlClient, serve
-from tfos.compat._unsupported import module_getattr
+from tfos.compat._unsupported import module_getattr, refused_method
 from tfos.errors import AuthError, ProtocolError, ReservationTimeoutError, TFOSConfigError, TFOSError
 
 __all__ = ["Client", "Reservations", "Server", "ServerAddress", "TFOS_SERVER_HOST", "TFOS_SERVER_PORT", "logger"]
@@ -48,6 +53,8 @@ __getattr__, __dir__ = module_getattr(__name__, {
 #: Seconds the server holds a client's ``await_reservations`` call before it asks again.
 _HOLD_SECS = 2.0
 _BYTES = "__bytes_b64__"
+_NO_PICKLE = ("It read or wrote a pickled message on a raw socket, which tfos never does: use Client.register / "
+              "get_reservations / await_reservations / request_stop, which are authenticated JSON calls.")
 
 
 class Reservations:
@@ -105,15 +112,75 @@ class Server:
         self._server: Any = None
 
     def start(self) -> ServerAddress:
-        """Starts serving; returns the address (with its secret) to hand to ``Client``."""
-        override = C.get_str(C.SERVER_HOST)
-        host = override or socket.gethostbyname(socket.gethostname())
+        """Starts serving; returns the address (with its secret) to hand to ``Client``.
+
+        The address is :meth:`get_server_ip` and the first free port of :meth:`get_server_ports`.
+
+        Raises:
+            TFOSError: no port of ``TFOS_SERVER_PORT`` was free.
+        """
+        host = self.get_server_ip()
+        ports = self.get_server_ports()
         handlers = {"Reserve": self._reserve, "Reservations": self._list, "RequestStop": self._request_stop}
         workers = 2 * self.reservations.required + 8
-        self._server, port = serve(handlers, self._secret, override or "0.0.0.0", C.port_range(C.SERVER_PORT),
-                                   workers)
+        # An explicit TFOS_SERVER_HOST is also the interface served on; otherwise every interface, as TFoS did.
+        bind = C.get_str(C.SERVER_HOST) or "0.0.0.0"
+        for candidate in ports:
+            try:
+                self._server, port = serve(handlers, self._secret, bind, range(candidate, candidate + 1), workers)
+                break
+            except TFOSError:
+                continue
+        else:
+            raise TFOSError(f"the reservation server could bind none of ports {_shown(ports)} on {bind}; "
+                            f"widen {TFOS_SERVER_PORT} or set it to 0 (any free port)")
         log.info("reservation server listening on %s:%d for %d nodes", host, port, self.reservations.required)
         return ServerAddress(host, port, self._secret)
+
+    def get_server_ip(self) -> str:
+        """``TFOS_SERVER_HOST`` if set, else this host's outward address (:func:`tfos.compat.util.get_ip_address`)."""
+        from tfos.compat import util
+
+        return os.environ.get(TFOS_SERVER_HOST) or util.get_ip_address()
+
+    def get_server_ports(self) -> list[int]:
+        """The ports ``TFOS_SERVER_PORT`` allows, e.g. ``[8888]`` for ``8888`` or ``[9997, 9998, 9999]`` for
+        ``9997-9999``; ``[0]`` (any free port) when it is unset.
+
+        Raises:
+            TFOSConfigError: the value is not a port or a range of ports.
+        """
+        return list(C.port_range(C.SERVER_PORT))
+
+    def start_listening_socket(self) -> socket.socket:
+        """A listening TCP socket bound to the first free port of :meth:`get_server_ports`, as TFoS's.
+
+        The caller owns (and closes) the socket. On ``TFOS_SERVER_HOST``'s interface when
+        that is set, else on every interface. :meth:`start` does not use it: tfos's server
+        speaks authenticated gRPC, which binds its own port from the same list.
+
+        Raises:
+            TFOSError: no port of the list was free.
+        """
+        ports = self.get_server_ports()
+        bind = os.environ.get(TFOS_SERVER_HOST) or ""
+        for port in ports:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((bind, port))
+                sock.listen(10)
+            except OSError as exc:
+                sock.close()
+                log.warning("reservation server: cannot bind port %d: %s", port, exc)
+                continue
+            log.info("reservation server socket bound to port %d", sock.getsockname()[1])
+            return sock
+        raise TFOSError(f"the reservation server could bind none of ports {_shown(ports)}; widen "
+                        f"{TFOS_SERVER_PORT} or set it to 0 (any free port)")
+
+    receive = refused_method("reservation.Server.receive", _NO_PICKLE)
+    send = refused_method("reservation.Server.send", _NO_PICKLE)
 
     def await_reservations(self, sc: Any = None, status: dict[str, Any] | None = None,
                            timeout: float = 600) -> list[dict[str, Any]]:
@@ -222,7 +289,15 @@ class Client:
         self._client.call("RequestStop", {})
 
     def close(self) -> None:
+        """Closes the connection to the server."""
         self._client.close()
+
+    receive = refused_method("reservation.Client.receive", _NO_PICKLE)
+    send = refused_method("reservation.Client.send", _NO_PICKLE)
+
+
+def _shown(ports: list[int]) -> str:
+    return f"{ports[0]}-{ports[-1]}" if len(ports) > 2 and ports == list(range(ports[0], ports[-1] + 1)) else str(ports)
 
 
 def _encode(value: Any) -> Any:
