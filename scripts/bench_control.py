@@ -16,16 +16,17 @@ import time
 
 from tfos._rpc import ControlClient
 from tfos.driver._server import ControlServer
-from tfos.driver._template import cluster_template
+from tfos._roles import cluster_template
+from tfos._security import Credential
 
-SECRET = "bench-secret"
+CRED = Credential.make()
 
 
 def register_concurrently(n: int) -> tuple[float, float]:
     """(seconds until all n nodes hold the spec, seconds until all n saw a posted stop)."""
-    server = ControlServer(cluster_template(n, 0, "chief", False), SECRET)
+    server = ControlServer(cluster_template(n, 0, "chief", False), CRED)
     server.start("127.0.0.1")
-    clients = [ControlClient(f"127.0.0.1:{server.port}", SECRET) for _ in range(n)]
+    clients = [ControlClient(f"127.0.0.1:{server.port}", CRED) for _ in range(n)]
     got_spec, got_stop = [], []
     go = threading.Barrier(n + 1)
 

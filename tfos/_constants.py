@@ -29,8 +29,13 @@ FEED_BUFFER_BYTES = "TFOS_FEED_BUFFER_BYTES", 64 << 20
 PROGRESS_INTERVAL_SECS = "TFOS_PROGRESS_INTERVAL_SECS", 10.0
 #: Port or port range where the driver serves Prometheus metrics; unset or empty: not served.
 METRICS_PORT = "TFOS_METRICS_PORT", ""
-#: Host the Prometheus endpoint binds.
-METRICS_HOST = "TFOS_METRICS_HOST", "0.0.0.0"
+#: Host the Prometheus endpoint binds (driver; default: the address nodes reach the driver at).
+METRICS_HOST = "TFOS_METRICS_HOST", ""
+#: Address a node binds its feed and TensorBoard ports on and advertises to its peers (executors;
+#: default: the address of the interface it reaches the driver through).
+NODE_HOST = "TFOS_NODE_HOST", ""
+#: "0" sends cross-executor feeds as plain TCP (still authenticated, not encrypted), e.g. for a benchmark.
+FEED_TLS = "TFOS_FEED_TLS", "1"
 #: Target size in bytes of one chunk of rows sent from a Spark task to a node.
 FEED_CHUNK_BYTES = "TFOS_FEED_CHUNK_BYTES", 1 << 20
 #: Seconds a node waits for a new feed connection's hello (its secret) before dropping it.
@@ -39,6 +44,8 @@ FEED_HELLO_TIMEOUT_SECS = "TFOS_FEED_HELLO_TIMEOUT_SECS", 10.0
 FEED_CACHE_BYTES = "TFOS_FEED_CACHE_BYTES", 1 << 30
 #: Local directory where nodes spill their epoch caches (default: $TMPDIR, else /tmp).
 FEED_CACHE_DIR = "TFOS_FEED_CACHE_DIR", ""
+#: Seconds between two samples of each node's memory and rows/s logged to MLflow (driver, ``tfos.run(mlflow=...)``).
+MLFLOW_SYSTEM_SECS = "TFOS_MLFLOW_SYSTEM_SECS", 5.0
 
 
 def get_str(setting: tuple[str, str]) -> str:

@@ -9,7 +9,7 @@ Every error tfos raises on purpose derives from :class:`TFOSError`::
      ├── NodeFailedError                        a node process died or went silent
      ├── FeedTimeoutError (TimeoutError)        a node stopped consuming fed data
      ├── FeedDataError (ValueError)             a row that does not fit its batch
-     ├── AuthError                              missing or wrong cluster secret
+     ├── AuthError                              a peer without the cluster's key, or code not signed
      ├── ProtocolError                          malformed control-plane or feed message
      └── ReservationGoneError                   a reservation handle whose cluster no longer runs
 
@@ -61,7 +61,7 @@ class FeedDataError(TFOSError, ValueError):
 
 
 class AuthError(TFOSError):
-    """A control-plane or feed peer sent a missing or wrong cluster secret."""
+    """A peer does not hold the cluster's key (TLS or feed proof), or a run is not signed with its key."""
 
 
 class ProtocolError(TFOSError):

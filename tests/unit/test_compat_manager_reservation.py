@@ -123,15 +123,17 @@ def test_reservations_reach_the_server_and_every_client():
     assert server.reservations.done() and server.reservations.remaining() == 0
 
 
-def test_reservation_calls_need_the_secret_and_json_values():
+def test_reservation_calls_need_the_servers_key_and_json_values():
+    from tfos._security import Credential
+
     server = reservation.Server(1)
     addr = server.start()
     try:
-        assert "secret" not in repr(addr) and addr.secret not in repr(addr)
-        with pytest.raises(AuthError, match="carries no secret"):
+        assert "PRIVATE" not in repr(addr) and addr.credential.key_pem.decode() not in repr(addr)
+        with pytest.raises(AuthError, match="carries no key"):
             reservation.Client((addr[0], addr[1]))
-        with pytest.raises(AuthError, match="missing or wrong tfos cluster secret"):
-            reservation.Client((addr[0], addr[1]), secret="guess").register({"x": 1})
+        with pytest.raises(AuthError, match="refused the TLS handshake"):
+            reservation.Client((addr[0], addr[1]), credential=Credential.make()).register({"x": 1})
         with pytest.raises(TFOSConfigError, match="JSON-serializable or bytes"):
             reservation.Client(addr).register({"x": object()})
         assert server.reservations.get() == []

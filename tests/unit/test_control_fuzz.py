@@ -5,13 +5,16 @@ import random
 
 import grpc
 
+from tfos._protocol import Method
+from tfos._roles import cluster_template
 from tfos._rpc import ControlClient
-from tfos._rpc._wire import METHODS, SECRET_KEY, SERVICE
+from tfos._rpc._wire import _CLIENT_OPTIONS, SERVICE
+from tfos._security import Credential
 from tfos.driver._server import ControlServer
-from tfos.driver._template import cluster_template
 
-SECRET = "fuzz-secret"
+CRED = Credential.make()
 CALLS = 10_000
+METHODS = [m.value for m in Method]
 
 
 def _random_value(rng: random.Random, depth: int = 0):
@@ -53,10 +56,10 @@ def _random_body(rng: random.Random) -> bytes:
 
 def test_ten_thousand_hostile_calls_are_rejected_and_the_server_keeps_serving(monkeypatch):
     monkeypatch.setenv("TFOS_POLL_HOLD_SECS", "0.05")
-    server = ControlServer(cluster_template(2, 0, "chief", False), SECRET)
+    server = ControlServer(cluster_template(2, 0, "chief", False), CRED)
     server.start("127.0.0.1")
     address = f"127.0.0.1:{server.port}"
-    client = ControlClient(address, SECRET)
+    client = ControlClient(address, CRED)
     try:
         for eid, job in ((0, "chief"), (1, "worker")):
             assert client.call("Register", {"executor_id": eid, "job_name": job, "task_index": 0,
@@ -65,27 +68,34 @@ def test_ten_thousand_hostile_calls_are_rejected_and_the_server_keeps_serving(mo
         spec_before = server.cluster_spec()
         rng = random.Random(20261122)
         outcomes: dict[str, int] = {}
-        with grpc.insecure_channel(address) as channel:
-            stubs = {m: channel.unary_unary(f"/{SERVICE}/{m}") for m in METHODS}
-            unknown = channel.unary_unary(f"/{SERVICE}/Exec")
+        channels = {
+            "key": grpc.secure_channel(address, CRED.grpc_channel(), options=_CLIENT_OPTIONS),
+            "other key": grpc.secure_channel(address, Credential.make().grpc_channel(), options=_CLIENT_OPTIONS),
+            "no certificate": grpc.secure_channel(address, grpc.ssl_channel_credentials(CRED.cert_pem),
+                                                  options=_CLIENT_OPTIONS),
+            "plain": grpc.insecure_channel(address),
+        }
+        try:
             for i in range(CALLS):
                 method = rng.choice(METHODS)
-                secret = rng.choice([None, "", "wrong", SECRET[:-1], SECRET + "x", SECRET, SECRET])
-                metadata = () if secret is None else ((SECRET_KEY, secret),)
-                stub = unknown if i % 97 == 0 else stubs[method]
+                who = rng.choice(["key", "key", "other key", "no certificate", "plain"])
+                stub = channels[who].unary_unary(f"/{SERVICE}/{'Exec' if i % 97 == 0 else method}")
                 try:
-                    reply = stub(_random_body(rng), metadata=metadata, timeout=10)
+                    reply = stub(_random_body(rng), timeout=10)
                 except grpc.RpcError as exc:
                     outcomes[exc.code().name] = outcomes.get(exc.code().name, 0) + 1
-                    if secret != SECRET:
-                        assert exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNIMPLEMENTED)
+                    if who != "key":  # refused at the TLS handshake: no handler ran
+                        assert exc.code() == grpc.StatusCode.UNAVAILABLE, (who, exc)
                     continue
                 # Only an authenticated, well-formed request can succeed, and then with a JSON object.
-                assert secret == SECRET, f"call {i} to {method} succeeded without the secret"
+                assert who == "key", f"call {i} to {method} succeeded with {who}"
                 assert isinstance(json.loads(reply), dict)
                 outcomes["OK"] = outcomes.get("OK", 0) + 1
+        finally:
+            for channel in channels.values():
+                channel.close()
         assert sum(outcomes.values()) == CALLS
-        assert outcomes.get("UNAUTHENTICATED", 0) > CALLS // 3
+        assert outcomes.get("UNAVAILABLE", 0) > CALLS // 3
         assert outcomes.get("INVALID_ARGUMENT", 0) > CALLS // 10
         assert "UNKNOWN" not in outcomes and "INTERNAL" not in outcomes, outcomes
         # The server still answers, and the registered nodes are untouched.

@@ -7,17 +7,18 @@ import grpc
 import pytest
 
 from tfos import AuthError, ProtocolError
-from tfos._rpc._wire import SERVICE
+from tfos._roles import cluster_template
+from tfos._rpc._wire import _CLIENT_OPTIONS, SERVICE
+from tfos._security import Credential
 from tfos.driver._server import ControlServer
-from tfos.driver._template import cluster_template
 
-SECRET = "s3cret-for-tests"
+CRED = Credential.make()
 
 
 @pytest.fixture
 def server(monkeypatch):
     monkeypatch.setenv("TFOS_POLL_HOLD_SECS", "0.5")
-    srv = ControlServer(cluster_template(3, 1, "chief", False), SECRET)
+    srv = ControlServer(cluster_template(3, 1, "chief", False), CRED)
     srv.start("127.0.0.1")
     yield srv
     srv.stop()
@@ -27,7 +28,7 @@ def server(monkeypatch):
 def client(server):
     from tfos._rpc import ControlClient
 
-    c = ControlClient(f"127.0.0.1:{server.port}", SECRET)
+    c = ControlClient(f"127.0.0.1:{server.port}", CRED)
     yield c
     c.close()
 
@@ -64,11 +65,11 @@ def test_waiting_node_is_released_as_soon_as_the_last_registers(server, client, 
     assert replies and replies[0]["ready"]
 
 
-def test_wrong_secret_is_rejected_and_server_keeps_serving(server, client):
+def test_another_clusters_key_is_rejected_and_server_keeps_serving(server, client):
     from tfos._rpc import ControlClient
 
-    intruder = ControlClient(f"127.0.0.1:{server.port}", "wrong")
-    with pytest.raises(AuthError, match="wrong tfos cluster secret"):
+    intruder = ControlClient(f"127.0.0.1:{server.port}", Credential.make())
+    with pytest.raises(AuthError, match="refused the TLS handshake"):
         intruder.call("Register", registration(0, "ps", 0))
     intruder.close()
     assert server.registered() == 0
@@ -76,12 +77,19 @@ def test_wrong_secret_is_rejected_and_server_keeps_serving(server, client):
     assert server.registered() == 3
 
 
-def test_call_without_secret_is_rejected(server):
+def test_call_without_tls_or_without_a_client_certificate_is_rejected(server):
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = channel.unary_unary(f"/{SERVICE}/Register")
         with pytest.raises(grpc.RpcError) as info:
             stub(b'{"executor_id": 0}', timeout=5)
-    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    # TLS that trusts the server's certificate but shows none of its own: refused at the handshake
+    anonymous = grpc.ssl_channel_credentials(root_certificates=CRED.cert_pem)
+    with grpc.secure_channel(f"127.0.0.1:{server.port}", anonymous, options=_CLIENT_OPTIONS) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            channel.unary_unary(f"/{SERVICE}/Register")(b'{"executor_id": 0}', timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert server.registered() == 0
 
 
 @pytest.mark.parametrize("body, detail", [
@@ -92,10 +100,10 @@ def test_call_without_secret_is_rejected(server):
      b'"workdir": "w", "pid": 1}', "must be an integer"),
 ])
 def test_malformed_requests_are_rejected(server, body, detail):
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    with grpc.secure_channel(f"127.0.0.1:{server.port}", CRED.grpc_channel(), options=_CLIENT_OPTIONS) as channel:
         stub = channel.unary_unary(f"/{SERVICE}/Register")
         with pytest.raises(grpc.RpcError) as info:
-            stub(body, metadata=(("tfos-secret", SECRET),), timeout=5)
+            stub(body, timeout=5)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert detail in info.value.details()
 
@@ -142,7 +150,7 @@ def test_failure_report_is_kept_and_secret_never_in_cluster_info(server, client)
                            "traceback": "Traceback: ..."})
     node = server.nodes()[2]
     assert node.state == "failed" and node.error["message"] == "ValueError: boom"
-    assert SECRET not in repr(server.cluster_info())
+    assert CRED.key_pem.decode() not in repr(server.cluster_info())
 
 
 @pytest.mark.parametrize("n", [64, 256])
@@ -150,13 +158,13 @@ def test_concurrent_registration(monkeypatch, n):
     from tfos._rpc import ControlClient
 
     monkeypatch.setenv("TFOS_POLL_HOLD_SECS", "5")
-    srv = ControlServer(cluster_template(n, 0, "chief", False), SECRET)
+    srv = ControlServer(cluster_template(n, 0, "chief", False), CRED)
     srv.start("127.0.0.1")
     specs = []
 
     def node(eid):
         job, index = srv.template[eid]
-        c = ControlClient(f"127.0.0.1:{srv.port}", SECRET)
+        c = ControlClient(f"127.0.0.1:{srv.port}", CRED)
         c.call("Register", registration(eid, job, index))
         while not (reply := c.call("AwaitSpec", {"executor_id": eid}))["ready"]:
             pass
@@ -202,7 +210,7 @@ def test_silent_nodes_are_found_and_given_up(server, client, monkeypatch):
 
 def test_a_held_node_between_runs_is_judged_by_its_agent_heartbeat(monkeypatch):
     monkeypatch.setenv("TFOS_POLL_HOLD_SECS", "0.05")
-    server = ControlServer(cluster_template(1, 0, "chief", False), "s")
+    server = ControlServer(cluster_template(1, 0, "chief", False), CRED)
     server._register({"executor_id": 0, "job_name": "chief", "task_index": 0, "host": "h", "port": 1,
                       "hostname": "h", "workdir": "/w", "pid": 1})
     node = server.nodes()[0]

@@ -6,7 +6,7 @@ import logging
 
 from tfos.driver._progress import ProgressView, Rates, format_metrics, node_rows, progress_mode
 from tfos.driver._server import ControlServer
-from tfos.driver._template import cluster_template
+from tfos._roles import cluster_template
 
 
 def server_with_nodes() -> ControlServer:

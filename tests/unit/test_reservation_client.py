@@ -12,12 +12,16 @@ import tfos
 from tfos.cli._reserve import format_nodes, spark_settings
 from tfos.driver import _attach
 from tfos.driver._attach import Handle, read_handle, write_handle
-from tfos.executor._bootstrap import open_signed, sign
+from tfos._security import Credential, RunSigner, new_run_id
+from tfos.executor._bootstrap import open_signed
+
+CRED = Credential.make()
+SIGNER = RunSigner.make()
 
 
 def handle(tmp_path):
-    return Handle(name="n", address="127.0.0.1:1", secret="s" * 32, cluster_spec={"chief": ["h:1"]},
-                  master="local-cluster[2,1,1024]", app_id="app-1", host="h", pid=1)
+    return Handle(name="n", address="127.0.0.1:1", tls=CRED.to_json(), run_key=SIGNER.private_pem.decode(),
+                  cluster_spec={"chief": ["h:1"]}, master="local-cluster[2,1,1024]", app_id="app-1", host="h", pid=1)
 
 
 def test_handle_is_written_for_its_owner_only_and_read_back(tmp_path):
@@ -25,8 +29,21 @@ def test_handle_is_written_for_its_owner_only_and_read_back(tmp_path):
     write_handle(path, handle(tmp_path))
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     back = read_handle(path)
-    assert back.secret == "s" * 32 and back.cluster_spec == {"chief": ["h:1"]} and back.path == path
+    assert Credential.from_json(back.tls) == CRED and back.run_key == SIGNER.private_pem.decode()
+    assert back.cluster_spec == {"chief": ["h:1"]} and back.path == path
     assert os.listdir(tmp_path) == ["x.handle"]  # no temporary file left
+    assert CRED.key_pem.decode() not in repr(back) and "PRIVATE" not in repr(back)
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644])
+def test_a_handle_readable_by_others_is_refused_naming_chmod(tmp_path, mode):
+    path = str(tmp_path / "x.handle")
+    write_handle(path, handle(tmp_path))
+    os.chmod(path, mode)
+    with pytest.raises(tfos.TFOSConfigError, match=f"readable by others .*chmod 600 {path}"):
+        tfos.attach(path)
+    os.chmod(path, 0o600)
+    assert read_handle(path).name == "n"
 
 
 def test_handle_that_is_missing_unreadable_or_not_a_handle_names_the_fix(tmp_path, monkeypatch):
@@ -34,6 +51,7 @@ def test_handle_that_is_missing_unreadable_or_not_a_handle_names_the_fix(tmp_pat
         tfos.attach(tmp_path / "missing")
     bad = tmp_path / "bad"
     bad.write_text('{"name": 1}')
+    bad.chmod(0o600)
     with pytest.raises(tfos.TFOSConfigError, match="is not a tfos reservation handle"):
         tfos.attach(bad)
 
@@ -45,14 +63,27 @@ def test_handle_that_is_missing_unreadable_or_not_a_handle_names_the_fix(tmp_pat
         tfos.attach(bad)
 
 
-def test_a_launch_loads_only_a_main_signed_with_the_cluster_secret():
+def test_a_launch_loads_only_a_main_signed_with_the_reservations_key_and_each_run_once():
     blob = b"pickled main_fun"
     data = base64.b64encode(blob).decode()
-    assert open_signed(data, sign(blob, "secret"), "secret") == blob
-    with pytest.raises(tfos.AuthError, match="not signed with the cluster secret"):
-        open_signed(data, sign(blob, "other"), "secret")
-    with pytest.raises(tfos.AuthError):
-        open_signed(base64.b64encode(b"tampered").decode(), sign(blob, "secret"), "secret")
+    run = new_run_id()
+    seen: set[str] = set()
+
+    def launch(run_id, sig, main=data):
+        return {"type": "launch", "run": run_id, "main": main, "sig": sig}
+
+    with pytest.raises(tfos.AuthError, match="not signed with this reservation's key"):
+        open_signed(launch(run, RunSigner.make().sign(run, blob)), SIGNER.public, seen)  # another key
+    with pytest.raises(tfos.AuthError, match="not signed"):
+        open_signed(launch(run, SIGNER.sign(run, blob), base64.b64encode(b"tampered").decode()), SIGNER.public, seen)
+    with pytest.raises(tfos.AuthError, match="not signed"):
+        open_signed(launch(new_run_id(), SIGNER.sign(run, blob)), SIGNER.public, seen)  # signed for another run
+    with pytest.raises(tfos.AuthError, match="not signed"):
+        open_signed(launch(run, "bm90IGEgc2lnbmF0dXJl"), SIGNER.public, seen)
+    assert not seen
+    assert open_signed(launch(run, SIGNER.sign(run, blob)), SIGNER.public, seen) == blob
+    with pytest.raises(tfos.AuthError, match="launched before"):
+        open_signed(launch(run, SIGNER.sign(run, blob)), SIGNER.public, seen)  # a replayed launch
 
 
 def test_spark_settings_give_each_standalone_executor_one_task_slot():

@@ -14,7 +14,7 @@ import pytest
 
 from tfos._rpc import ControlClient
 from tfos.driver._supervisor import TRANSITIONS, ClusterState, Generation, Supervisor, describe
-from tfos.driver._template import cluster_template
+from tfos._roles import cluster_template
 from tfos.errors import NodeError, ReservationTimeoutError, TFOSError
 
 S = ClusterState
@@ -56,7 +56,7 @@ class FakeJobs:
         what = self.behaviour(gen.number, eid)
         if what == "absent":
             return
-        client = ControlClient(gen.address, gen.server._secret)
+        client = ControlClient(gen.address, gen.credential)
         try:
             if what == "launch_error":
                 client.call("Report", {"executor_id": eid, "state": "failed", "exited": True,
@@ -97,7 +97,7 @@ class FakeJobs:
 
 
 def supervisor(jobs: FakeJobs, max_restarts: int = 0, timeout: float = 10) -> Supervisor:
-    return Supervisor(cluster_template(2, 0, "chief", False), "s3cret", jobs, local_mode=True,
+    return Supervisor(cluster_template(2, 0, "chief", False), jobs, local_mode=True,
                       hosts=("127.0.0.1", "127.0.0.1"), reservation_timeout=timeout, max_restarts=max_restarts)
 
 

@@ -3,7 +3,7 @@ import pytest
 from tfos import InputMode, TFOSConfigError
 from tfos._paths import absolute_path
 from tfos.config import ClusterConfig
-from tfos.driver._template import cluster_spec, cluster_template, tf_config
+from tfos._roles import cluster_spec, cluster_template, tf_config
 
 
 def main_fun(args, ctx):

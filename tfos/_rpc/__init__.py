@@ -1,9 +1,9 @@
-"""Control-plane wire (driver and executors): JSON messages over gRPC, authenticated.
+"""Control-plane wire (driver and executors): JSON messages over gRPC with mutual TLS.
 
-Nothing read from the network is unpickled: requests and replies are JSON objects,
-and every call carries the per-cluster secret in its metadata.
+Nothing read from the network is unpickled: requests and replies are JSON objects, and
+only peers holding the cluster generation's key complete the TLS handshake.
 """
 
-from tfos._rpc._wire import METHODS, ControlClient, serve
+from tfos._rpc._wire import ControlClient, serve
 
-__all__ = ["METHODS", "ControlClient", "serve"]
+__all__ = ["ControlClient", "serve"]

@@ -1,38 +1,44 @@
 """Control-plane wire format and transport (driver and executors).
 
 Each call is a unary gRPC method ``/tfos.Control/<Method>`` whose request and reply
-are JSON objects encoded as UTF-8. The per-cluster secret travels in the
-``tfos-secret`` metadata entry and is compared in constant time before the request
-is even decoded.
+are JSON objects encoded as UTF-8, over mutually authenticated TLS 1.3 with the
+cluster generation's :class:`~tfos._security.Credential`: a peer without the key fails
+the handshake in gRPC's own I/O threads, before it can open a stream, so it costs no
+worker thread and no buffered body. Authenticated peers are bounded too: at most
+``max_workers`` calls run at once (more are refused with RESOURCE_EXHAUSTED rather
+than queued), each connection opens at most ``MAX_STREAMS`` streams, and a request
+larger than ``MAX_CALL_BYTES`` is refused for every method but the few that carry code
+(``large``). A server serves the methods it is given (``serve``); a client calls any.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent import futures
 from typing import Any
 
 import grpc
 
+from tfos._security import TLS_NAME, Credential
 from tfos.errors import AuthError, ProtocolError, TFOSError
 
 log = logging.getLogger(__name__)
 
 SERVICE = "tfos.Control"
-METHODS = ("Register", "AwaitSpec", "Poll", "Report", "FeedError", "FeedPlan", "Terminate", "Log", "Metrics",
-           "AgentPoll", "AgentDone",  # held nodes' agents (tfos reserve)
-           "Status", "Submit", "RunState", "Logs", "Release",  # clients of a reservation (tfos.attach, the CLI)
-           "Reserve", "Reservations", "RequestStop")  # tfos.compat.reservation
-SECRET_KEY = "tfos-secret"
+#: The largest request of a method that carries code (a reservation's Submit).
 MAX_MESSAGE_BYTES = 4 << 20
+#: The largest request of every other method (a node's Log batch reads at most 256 KiB).
+MAX_CALL_BYTES = 1 << 20
+#: Concurrent streams one HTTP/2 connection may open.
+MAX_STREAMS = 16
 _OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
 ]
+_CLIENT_OPTIONS = [*_OPTIONS, ("grpc.ssl_target_name_override", TLS_NAME)]
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -51,13 +57,14 @@ def decode(data: bytes) -> dict[str, Any]:
     return message
 
 
-def _guarded(handler: Handler, secret: bytes) -> Callable[[bytes, grpc.ServicerContext], bytes]:
+def _guarded(name: str, handler: Handler, limit: int) -> Callable[[bytes, grpc.ServicerContext], bytes]:
     def call(request: bytes, context: grpc.ServicerContext) -> bytes:
-        given = dict(context.invocation_metadata()).get(SECRET_KEY, "")
-        if not isinstance(given, str) or not hmac.compare_digest(given.encode(), secret):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong tfos cluster secret")
+        if len(request) > limit:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{name} request of {len(request)} bytes exceeds {limit}")
         try:
             return encode(handler(decode(request)))
+        except AuthError as exc:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc)[:500])
         except (ProtocolError, KeyError, TypeError, ValueError) as exc:
             detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {detail}"[:500])
@@ -66,25 +73,26 @@ def _guarded(handler: Handler, secret: bytes) -> Callable[[bytes, grpc.ServicerC
     return call
 
 
-def serve(
-    handlers: Mapping[str, Handler], secret: str, host: str, ports: range, max_workers: int
-) -> tuple[grpc.Server, int]:
-    """Starts a gRPC server for ``handlers`` on the first free port of ``ports``.
+def serve(handlers: Mapping[str, Handler], credential: Credential, host: str, ports: range, max_workers: int,
+          large: Collection[str] = ()) -> tuple[grpc.Server, int]:
+    """Starts a TLS gRPC server for ``handlers`` on the first free port of ``ports``.
 
-    Returns the server and the bound port. Raises TFOSError when no port is free.
+    ``large`` names the methods whose requests may reach MAX_MESSAGE_BYTES. Returns the
+    server and the bound port. Raises TFOSError when no port is free.
     """
-    unknown = set(handlers) - set(METHODS)
-    if unknown:
-        raise ValueError(f"unknown control methods {sorted(unknown)}")
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tfos-rpc"),
-                         options=_OPTIONS)
+                         options=[*_OPTIONS, ("grpc.max_concurrent_streams", MAX_STREAMS)],
+                         maximum_concurrent_rpcs=max_workers)
     rpc_handlers = {
-        name: grpc.unary_unary_rpc_method_handler(_guarded(fn, secret.encode())) for name, fn in handlers.items()
+        name: grpc.unary_unary_rpc_method_handler(
+            _guarded(name, fn, MAX_MESSAGE_BYTES if name in large else MAX_CALL_BYTES))
+        for name, fn in handlers.items()
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, rpc_handlers),))
+    tls = credential.grpc_server()
     for port in ports:
         try:
-            bound = server.add_insecure_port(f"{_bracket(host)}:{port}")
+            bound = server.add_secure_port(f"{_bracket(host)}:{port}", tls)
         except RuntimeError:
             continue
         if bound:
@@ -101,31 +109,41 @@ def _bracket(host: str) -> str:
 
 
 class ControlClient:
-    """Calls the driver's control server with the cluster secret attached."""
+    """Calls a control server over TLS with the cluster's credential."""
 
-    def __init__(self, address: str, secret: str) -> None:
+    def __init__(self, address: str, credential: Credential) -> None:
         self.address = address
-        self._metadata = ((SECRET_KEY, secret),)
-        self._channel = grpc.insecure_channel(address, options=_OPTIONS)
-        self._stubs = {name: self._channel.unary_unary(f"/{SERVICE}/{name}") for name in METHODS}
+        self._channel = grpc.secure_channel(address, credential.grpc_channel(), options=_CLIENT_OPTIONS)
+        self._stubs: dict[str, Any] = {}
 
     def call(self, method: str, message: Mapping[str, Any], timeout: float = 30.0) -> dict[str, Any]:
         """Sends ``message`` and returns the decoded reply.
 
-        Raises AuthError on a rejected secret, ProtocolError on a rejected message and
-        TFOSError (with the gRPC status) when the driver cannot be reached.
+        Raises AuthError when the TLS handshake fails (the peer holds another cluster's
+        key, or is not a tfos server), ProtocolError on a rejected message and TFOSError
+        (with the gRPC status as ``code``) when the server cannot be reached.
         """
+        stub = self._stubs.get(method)
+        if stub is None:
+            stub = self._stubs[method] = self._channel.unary_unary(f"/{SERVICE}/{method}")
         try:
-            reply = self._stubs[method](encode(message), metadata=self._metadata, timeout=timeout)
+            reply = stub(encode(message), timeout=timeout)
         except grpc.RpcError as exc:
-            code, detail = exc.code(), exc.details()
-            if code == grpc.StatusCode.UNAUTHENTICATED:
-                raise AuthError(f"{self.address} rejected the call: {detail}") from None
-            if code == grpc.StatusCode.INVALID_ARGUMENT:
-                raise ProtocolError(f"{self.address} rejected {method}: {detail}") from None
-            raise TFOSError(f"control call {method} to {self.address} failed: {code.name}: {detail}",
-                            code=code.name) from None
+            raise _translate(exc, method, self.address) from None
         return decode(reply)
 
     def close(self) -> None:
         self._channel.close()
+
+
+def _translate(exc: grpc.RpcError, method: str, address: str) -> TFOSError:
+    """The one place where gRPC's failures become tfos errors, by status code."""
+    code, detail = exc.code(), exc.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE and "handshake" in detail.lower():
+        return AuthError(f"{address} refused the TLS handshake for {method}: it holds another cluster's key "
+                         "(a stale handle or address) or is not a tfos server")
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return AuthError(f"{address} rejected {method}: {detail}")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return ProtocolError(f"{address} rejected {method}: {detail}")
+    return TFOSError(f"control call {method} to {address} failed: {code.name}: {detail}", code=code.name)

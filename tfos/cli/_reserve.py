@@ -6,7 +6,7 @@ writes a handle file (mode 0600) and stays until Ctrl-C, SIGTERM or ``tfos relea
 process). The other commands read the handle and talk to that process.
 
 Exit codes: 0 done, 1 failed (a run failed, the reservation is gone), 2 bad input or
-settings, 3 wrong secret, 4 too few executors within the reservation timeout.
+settings, 3 wrong key (a handle of another reservation), 4 too few executors within the reservation timeout.
 """
 
 from __future__ import annotations
@@ -121,7 +121,9 @@ def reserve(args: argparse.Namespace) -> int:
         if stop["signal"] is None:  # a signal while Spark started: release at once
             reservation.start()
             write_handle(args.handle, Handle(name=args.name, address=reservation.address,
-                                             secret=reservation.secret, cluster_spec=reservation.cluster_spec,
+                                             tls=reservation.credential.to_json(),
+                                             run_key=reservation.signer.private_pem.decode(),
+                                             cluster_spec=reservation.cluster_spec,
                                              master=args.master, app_id=sc.applicationId,
                                              host=socket.gethostname(), pid=os.getpid()))
             print(f"tfos reservation {args.name!r} up: {len(reservation.template)} nodes on {args.master}")

@@ -2,8 +2,8 @@
 
 Nodes ``register`` a dict of metadata with a ``Server`` on the driver and wait until
 ``count`` have done so, as in TFoS, but over tfos's control plane: JSON over gRPC
-with a per-server secret on every call, never pickle from a socket. The address that
-``Server.start()`` returns carries the secret, so TFoS code that pickles it into its
+over mutual TLS with a per-server key, never pickle from a socket. The address that
+``Server.start()`` returns carries the key, so TFoS code that pickles it into its
 Spark closures and builds ``Client(addr)`` on the executors works unchanged.
 ``TFOS_SERVER_HOST`` and ``TFOS_SERVER_PORT`` (a port or a range like ``9000-9100``)
 choose the address, as in TFoS, through ``Server.get_server_ip()`` and
@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import secrets
 import socket
 import threading
 import time
@@ -29,6 +28,7 @@ from typing import Any
 
 from tfos import _constants as C
 from tfos._rpc import ControlClient, serve
+from tfos._security import Credential
 from tfos.compat._unsupported import module_getattr, refused_method
 from tfos.errors import AuthError, ProtocolError, ReservationTimeoutError, TFOSConfigError, TFOSError
 
@@ -83,19 +83,23 @@ class Reservations:
 
 
 class ServerAddress(tuple):
-    """``(host, port)`` of a reservation server, carrying its secret to the clients."""
+    """``(host, port)`` of a reservation server, carrying its TLS credential to the clients.
 
-    secret: str
+    TFoS code pickles the address into its Spark closures, so the credential reaches the
+    executors through Spark's own channel, never over the reservation server's socket.
+    """
 
-    def __new__(cls, host: str, port: int, secret: str) -> ServerAddress:
+    credential: Credential
+
+    def __new__(cls, host: str, port: int, credential: Credential) -> ServerAddress:
         address = super().__new__(cls, (host, port))
-        address.secret = secret
+        address.credential = credential
         return address
 
-    def __getnewargs__(self) -> tuple[str, int, str]:
-        return self[0], self[1], self.secret
+    def __getnewargs__(self) -> tuple[str, int, Credential]:
+        return self[0], self[1], self.credential
 
-    def __repr__(self) -> str:  # the secret stays out of logs
+    def __repr__(self) -> str:  # the key stays out of logs
         return f"ServerAddress({self[0]!r}, {self[1]})"
 
 
@@ -107,12 +111,12 @@ class Server:
             raise TFOSConfigError(f"count must be an integer >= 1; got {count!r}")
         self.reservations = Reservations(count)
         self.done = False
-        self._secret = secrets.token_hex(16)
+        self._credential = Credential.make()
         self._cond = threading.Condition()
         self._server: Any = None
 
     def start(self) -> ServerAddress:
-        """Starts serving; returns the address (with its secret) to hand to ``Client``.
+        """Starts serving; returns the address (with its TLS credential) to hand to ``Client``.
 
         The address is :meth:`get_server_ip` and the first free port of :meth:`get_server_ports`.
 
@@ -127,7 +131,7 @@ class Server:
         bind = C.get_str(C.SERVER_HOST) or "0.0.0.0"
         for candidate in ports:
             try:
-                self._server, port = serve(handlers, self._secret, bind, range(candidate, candidate + 1), workers)
+                self._server, port = serve(handlers, self._credential, bind, range(candidate, candidate + 1), workers)
                 break
             except TFOSError:
                 continue
@@ -135,7 +139,7 @@ class Server:
             raise TFOSError(f"the reservation server could bind none of ports {_shown(ports)} on {bind}; "
                             f"widen {TFOS_SERVER_PORT} or set it to 0 (any free port)")
         log.info("reservation server listening on %s:%d for %d nodes", host, port, self.reservations.required)
-        return ServerAddress(host, port, self._secret)
+        return ServerAddress(host, port, self._credential)
 
     def get_server_ip(self) -> str:
         """``TFOS_SERVER_HOST`` if set, else this host's outward address (:func:`tfos.compat.util.get_ip_address`)."""
@@ -244,14 +248,14 @@ class Server:
 class Client:
     """Registers a node with a reservation :class:`Server` (executor side)."""
 
-    def __init__(self, server_addr: Any, secret: str | None = None) -> None:
-        secret = secret or getattr(server_addr, "secret", None)
-        if not secret:
-            raise AuthError("this reservation server address carries no secret: pass the address returned by "
-                            "Server.start() (it carries the secret), or Client(addr, secret=...)")
+    def __init__(self, server_addr: Any, credential: Credential | None = None) -> None:
+        credential = credential or getattr(server_addr, "credential", None)
+        if credential is None:
+            raise AuthError("this reservation server address carries no key: pass the address returned by "
+                            "Server.start() (it carries the server's TLS credential), or Client(addr, credential=...)")
         host, port = server_addr
         self.server_addr = (host, port)
-        self._client = ControlClient(f"{host}:{port}", secret)
+        self._client = ControlClient(f"{host}:{port}", credential)
 
     def register(self, reservation: dict[str, Any]) -> str:
         """Adds this node's metadata (a dict of JSON-able values and bytes)."""

@@ -129,7 +129,7 @@ def read_executor_id() -> int:
     if os.path.isfile(EXECUTOR_ID_FILE):
         with open(EXECUTOR_ID_FILE) as f:
             return int(f.read())
-    from tfos.executor._bootstrap import local_marker_path
+    from tfos._paths import local_marker_path
 
     pattern = os.path.join(glob.escape(os.getcwd()), os.path.basename(local_marker_path("*")))
     markers = sorted(glob.glob(pattern))

@@ -1,9 +1,12 @@
 """Clients of a reservation (any machine that can reach its driver): handle files and ``tfos.attach``.
 
 A handle file (JSON, mode 0600) holds what a client needs: the control server's
-address, the cluster secret (found nowhere else), the cluster spec and where the
-reserving process runs. ``attach(handle)`` returns an :class:`AttachedCluster` that
-runs ``main_fun`` on the held nodes, reads their status and logs, and releases them.
+address, the cluster's TLS key and certificate (which the held nodes also hold), the
+Ed25519 key that signs runs (found nowhere else), the cluster spec and where the
+reserving process runs. Whoever reads it can run code on the held executors until the
+reservation is released: a handle readable by group or others is refused.
+``attach(handle)`` returns an :class:`AttachedCluster` that runs ``main_fun`` on the held
+nodes, reads their status and logs, and releases them.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ class Handle:
 
     name: str
     address: str
-    secret: str = field(repr=False)
+    tls: dict[str, str] = field(repr=False)
+    run_key: str = field(repr=False)
     cluster_spec: dict[str, list[str]]
     master: str
     app_id: str
@@ -53,11 +57,17 @@ def read_handle(path: str) -> Handle:
     """Reads a handle file; a clear TFOSConfigError when it is missing, unreadable or not a handle."""
     try:
         with open(path) as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if mode & 0o077:
+                raise TFOSConfigError(f"reservation handle {path} is readable by others (mode {mode & 0o777:o}): it "
+                                      f"holds the keys that run code on the reservation. Run `chmod 600 {path}`")
             data = json.load(f)
         return Handle(**data, path=os.path.abspath(path))
     except FileNotFoundError:
         raise TFOSConfigError(f"no reservation handle at {path}: reserve a cluster first with "
                               f"`tfos reserve --master URL --num-executors N --handle {path}`") from None
+    except TFOSConfigError:
+        raise
     except PermissionError:
         raise TFOSConfigError(f"cannot read reservation handle {path}: permission denied. A handle is readable "
                               "by the user who reserved the cluster only (mode 0600); run as that user") from None
@@ -70,9 +80,10 @@ class AttachedCluster:
 
     def __init__(self, handle: Handle) -> None:
         from tfos._rpc import ControlClient
+        from tfos._security import Credential
 
         self.handle = handle
-        self._client = ControlClient(handle.address, handle.secret)
+        self._client = ControlClient(handle.address, Credential.from_json(handle.tls))
 
     @property
     def cluster_spec(self) -> dict[str, list[str]]:
@@ -92,8 +103,8 @@ class AttachedCluster:
             ReservationGoneError: the reservation no longer runs.
             TFOSError: another run is under way, or ``timeout`` seconds passed (the run goes on).
         """
+        from tfos._security import RunSigner, new_run_id
         from tfos.driver._cluster import _pickle_main
-        from tfos.executor._bootstrap import sign
 
         if keras not in (None, 2, 3):
             raise TFOSConfigError(f"keras must be 2, 3 or None; got {keras!r}")
@@ -101,7 +112,9 @@ class AttachedCluster:
         if len(blob) > MAX_MAIN_BYTES:
             raise TFOSConfigError(f"main_fun and args pickle to {len(blob) >> 20} MiB; a run sends at most "
                                   f"{MAX_MAIN_BYTES >> 20} MiB: let main_fun read its data instead of capturing it")
-        reply = self._call("Submit", {"main": base64.b64encode(blob).decode(), "mac": sign(blob, self.handle.secret),
+        run_id = new_run_id()
+        signature = RunSigner(self.handle.run_key.encode()).sign(run_id, blob)
+        reply = self._call("Submit", {"main": base64.b64encode(blob).decode(), "run": run_id, "sig": signature,
                                       "keras": keras})
         if not reply.get("ok"):
             raise TFOSError(f"reservation {self.handle.name!r} refused the run: {reply.get('reason')}")
@@ -163,7 +176,7 @@ class AttachedCluster:
         try:
             return self._client.call(method, message, timeout=timeout)
         except AuthError:
-            raise AuthError(f"reservation {self.handle.name!r} at {self.handle.address} refused the secret in "
+            raise AuthError(f"reservation {self.handle.name!r} at {self.handle.address} refused the keys in "
                             f"{self.handle.path}: the handle is from another reservation or was edited") from None
         except TFOSError as exc:
             if getattr(exc, "code", None) in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import secrets
 import signal
 import sys
 import threading
@@ -20,6 +19,8 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from tfos._roles import cluster_template
+from tfos._security import feed_tls
 from tfos.config import ClusterConfig, InputMode
 from tfos.driver import _spark
 from tfos.driver._feeding import Feeding
@@ -27,7 +28,6 @@ from tfos.driver._metrics import serve_metrics
 from tfos.driver._progress import ProgressView, Rates, node_rows, progress_mode
 from tfos.driver._server import FINISHED, SERVING
 from tfos.driver._supervisor import ClusterState, Generation, Supervisor, describe, role
-from tfos.driver._template import cluster_template
 from tfos.errors import TFOSConfigError, TFOSError
 from tfos.executor._bootstrap import NodeLauncher
 
@@ -101,16 +101,17 @@ class Cluster:
         self.template = cluster_template(config.num_executors, config.num_ps, config.master_node, config.eval_node)
         local_mode = _spark.preflight(sc, config.num_executors)
         main = _pickle_main(config.main_fun, tf_args)
+        tls = feed_tls()
         jobs = SparkNodeJobs(sc, f"tfos nodes: {describe(self.template.values())}", lambda gen: NodeLauncher(
-            cluster_id=gen.cluster_id, server_address=gen.address, secret=self._supervisor.secret,
+            cluster_id=gen.cluster_id, server_address=gen.address, credential=gen.credential,
             template=self.template, input_mode=int(config.input_mode), tensorboard=config.tensorboard,
             log_dir=config.log_dir, release_port=config.release_port,
             reservation_timeout=float(config.reservation_timeout), default_fs=_spark.default_fs(sc), main=main,
-            num_gpus=config.num_gpus, keras=config.keras))
-        self._supervisor = Supervisor(self.template, secrets.token_hex(16), jobs, local_mode=local_mode,
+            num_gpus=config.num_gpus, keras=config.keras, feed_tls=tls))
+        self._supervisor = Supervisor(self.template, jobs, local_mode=local_mode,
                                       hosts=_spark.server_hosts(sc), reservation_timeout=config.reservation_timeout,
                                       max_restarts=config.max_restarts)
-        self._feeding = Feeding(sc, self._supervisor)
+        self._feeding = Feeding(sc, self._supervisor, feed_tls=tls)
         self._rates = Rates()
         self._atexit: Callable[[], None] | None = None
         #: Port of the Prometheus endpoint when ``TFOS_METRICS_PORT`` is set, else None.
@@ -310,7 +311,7 @@ class Cluster:
 
     def _start(self) -> None:
         sup = self._supervisor
-        metrics = serve_metrics(lambda: (sup.server, sup.state.value, sup.restarts))
+        metrics = serve_metrics(lambda: (sup.server, sup.state.value, sup.restarts), sup.advertised_host)
         if metrics is not None:
             self.metrics_port = metrics.port
             sup.on_teardown(metrics.stop)

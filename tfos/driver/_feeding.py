@@ -14,17 +14,17 @@ so a query restarted from it never feeds a micro-batch twice.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tfos import _constants as C
+from tfos._protocol import NODE_GONE, Event, FeedErrorKind
+from tfos._roles import FEEDING_JOBS
 from tfos.driver import _spark
 from tfos.driver._supervisor import ClusterState, Supervisor, role
-from tfos.errors import AuthError, FeedDataError, FeedTimeoutError, TFOSConfigError, TFOSError
-from tfos.executor._bootstrap import FEEDING_JOBS
+from tfos.errors import AuthError, FeedDataError, FeedTimeoutError, ProtocolError, TFOSConfigError, TFOSError
 from tfos.feed._balance import EpochPlan
 from tfos.feed._feeder import Consumer, Feeder
 
@@ -33,15 +33,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_NODE_GONE = re.compile(r"closed the feed|cannot reach the feed|Broken pipe|Connection reset|Connection refused")
-
-
 class Feeding:
     """Feeds RDDs and DataFrames to a supervised cluster's chief and workers."""
 
-    def __init__(self, sc: SparkContext, supervisor: Supervisor) -> None:
+    def __init__(self, sc: SparkContext, supervisor: Supervisor, feed_tls: bool = True) -> None:
         self.sc = sc
         self.supervisor = supervisor
+        self.feed_tls = feed_tls
         self._epochs: dict[str, int] = {}
         self._schemas: dict[str, dict[str, Any]] = {}
         self._queries: list[Any] = []
@@ -91,7 +89,7 @@ class Feeding:
                                   epoch_rows=epoch_rows, cache_plan=plan)
             self._run_job(lambda f=feeder: rdd.mapPartitionsWithIndex(f).collect(), qname,
                           f"tfos feed {qname!r} epoch {n + 1}/{num_epochs}")
-            self.supervisor.server.post({"type": "feed_end", "qname": qname, "epoch": epoch}, self.consumer_ids())
+            self.supervisor.server.post({"type": Event.FEED_END, "qname": qname, "epoch": epoch}, self.consumer_ids())
         if cache:
             self._epochs[qname] = first + num_epochs
             self._await_cached_epochs(
@@ -187,7 +185,7 @@ class Feeding:
             sup.mark_failure_raised()
             raise sup.failure
         _spark.raise_stream_error(query)
-        sup.server.post({"type": "feed_end", "qname": qname, "epoch": epoch}, self.consumer_ids())
+        sup.server.post({"type": Event.FEED_END, "qname": qname, "epoch": epoch}, self.consumer_ids())
 
     def stop_streams(self) -> None:
         """Stops every streaming query still feeding the cluster (at teardown)."""
@@ -199,7 +197,7 @@ class Feeding:
 
     def close(self) -> None:
         """Tells every fed node that no more data comes, so ``should_stop()`` turns true."""
-        self.supervisor.server.post({"type": "feed_close"}, self.consumer_ids())
+        self.supervisor.server.post({"type": Event.FEED_CLOSE}, self.consumer_ids())
 
     def consumed_rows(self, qname: str) -> dict[str, int]:
         counts = {}
@@ -225,10 +223,10 @@ class Feeding:
         nodes = gen.server.nodes()
         consumers = tuple(Consumer(eid, role(nodes[eid]), nodes[eid].info["host"], nodes[eid].info["feed_port"])
                           for eid in self.consumer_ids())
-        return Feeder(cluster_id=gen.cluster_id, secret=self.supervisor.secret, server_address=gen.address,
+        return Feeder(cluster_id=gen.cluster_id, credential=gen.credential, server_address=gen.address,
                       qname=qname, epoch=epoch, consumers=consumers, feed_timeout=float(feed_timeout),
                       local_mode=gen.server.local_mode, arrow=arrow, balanced=balanced, epoch_rows=epoch_rows,
-                      cache_plan=cache_plan)
+                      cache_plan=cache_plan, tls=self.feed_tls)
 
     def _announce(self, qname: str, rdd: Any, arrow: bool, epoch_rows: int | None = None,
                   cache: dict[str, Any] | None = None) -> bool:
@@ -240,7 +238,7 @@ class Feeding:
             if not first:
                 return False
             _, self._schemas[qname] = next(self._feeder(qname, 0, 1.0, arrow)._chunks(-1, iter(first)))
-        self.supervisor.server.post({"type": "feed_begin", "qname": qname, "schema": self._schemas[qname],
+        self.supervisor.server.post({"type": Event.FEED_BEGIN, "qname": qname, "schema": self._schemas[qname],
                                      "epoch_rows": epoch_rows, "cache": cache}, self.consumer_ids())
         return True
 
@@ -272,13 +270,12 @@ class Feeding:
         failure: BaseException | None = sup.failure
         feed_errors = server.feed_errors()[errors_before:]
         if failure is None and feed_errors:
-            failure = _feed_error(feed_errors[0])
-        if failure is None and "error" in outcome:
-            failure = TFOSError(f"feeding job failed: {_spark.short_error(outcome['error'])}")
-            if _NODE_GONE.search(str(failure)):
+            if feed_errors[0]["kind"] in NODE_GONE:
                 # A dead node breaks the feed at once; give the monitor the time to say which and why.
                 server.wait(lambda: sup.failure is not None, timeout=C.get_float(C.HEARTBEAT_TIMEOUT_SECS) + 2)
-                failure = sup.failure or failure
+            failure = sup.failure or _feed_error(feed_errors[0])
+        if failure is None and "error" in outcome:
+            failure = TFOSError(f"feeding job failed: {_spark.short_error(outcome['error'])}")
         if failure is not None:
             _spark.cancel(self.sc, group)
             thread.join(timeout=30)
@@ -291,5 +288,8 @@ class Feeding:
 
 
 def _feed_error(report: dict[str, Any]) -> TFOSError:
-    kinds = {"timeout": FeedTimeoutError, "FeedDataError": FeedDataError, "AuthError": AuthError}
-    return kinds.get(report["kind"], TFOSError)(report["message"], partition=report.get("partition"))
+    """The error a feeder reported, rebuilt by its kind (FeedErrorKind)."""
+    kinds = {FeedErrorKind.TIMEOUT: FeedTimeoutError, FeedErrorKind.BAD_ROW: FeedDataError,
+             FeedErrorKind.AUTH: AuthError, FeedErrorKind.PROTOCOL: ProtocolError}
+    return kinds.get(report["kind"], TFOSError)(report["message"], partition=report.get("partition"),
+                                               kind=report["kind"])

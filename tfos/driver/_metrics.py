@@ -74,8 +74,11 @@ class MetricsServer:
         self._thread.join(timeout=5)
 
 
-def serve_metrics(describe: Callable[[], tuple[Any, str, int]]) -> MetricsServer | None:
-    """Serves the cluster's metrics on the first free port of ``TFOS_METRICS_PORT``; None when unset."""
+def serve_metrics(describe: Callable[[], tuple[Any, str, int]], default_host: str) -> MetricsServer | None:
+    """Serves the cluster's metrics on the first free port of ``TFOS_METRICS_PORT``; None when unset.
+
+    It binds ``TFOS_METRICS_HOST``, by default ``default_host`` (the address nodes reach the driver at).
+    """
     if not C.get_str(C.METRICS_PORT).strip():
         return None
     from prometheus_client import CollectorRegistry, start_http_server
@@ -83,13 +86,14 @@ def serve_metrics(describe: Callable[[], tuple[Any, str, int]]) -> MetricsServer
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ClusterCollector(describe))
     ports = C.port_range(C.METRICS_PORT)
+    host = C.get_str(C.METRICS_HOST) or default_host
     for port in ports:
         try:
-            httpd, thread = start_http_server(port, addr=C.get_str(C.METRICS_HOST), registry=registry)
+            httpd, thread = start_http_server(port, addr=host, registry=registry)
         except OSError:
             continue
         server = MetricsServer(httpd, thread)
-        log.info("tfos metrics for Prometheus at http://%s:%d/metrics", C.get_str(C.METRICS_HOST), server.port)
+        log.info("tfos metrics for Prometheus at http://%s:%d/metrics", host, server.port)
         return server
     raise TFOSError(f"no free port for the tfos metrics endpoint in {ports.start}-{ports.stop - 1}; widen "
                     "TFOS_METRICS_PORT, set it to 0 (any free port) or unset it")

@@ -8,31 +8,32 @@ fresh node process for it on the cluster's ports, so the second run pays neither
 application start-up nor reservation. A failing run fails alone (its nodes are
 stopped, the reservation holds on); a lost executor fails the reservation.
 
-Clients speak to the control server with the cluster secret (from the handle file):
-``Status``, ``Submit``, ``RunState``, ``Logs`` and ``Release``, all JSON.
+Clients speak to the control server with the cluster's TLS credential (from the handle
+file): ``Status``, ``Submit``, ``RunState``, ``Logs`` and ``Release``, all JSON. A run's
+``main_fun`` is signed with the reservation's Ed25519 key, which only this process and
+the handle file hold; the server and the agents check it with the public key and accept
+each run id once.
 """
 
 from __future__ import annotations
 
 import base64
-import hmac
 import logging
-import secrets
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tfos import _constants as C
+from tfos._roles import FEEDING_JOBS, cluster_template
+from tfos._security import Credential, RunSigner, verify_run
 from tfos.config import InputMode
 from tfos.driver import _spark
 from tfos.driver._cluster import SparkNodeJobs
 from tfos.driver._progress import Rates, node_rows
 from tfos.driver._supervisor import ClusterState, Supervisor, describe, finished, role
-from tfos.driver._template import cluster_template
-from tfos.errors import AuthError, TFOSConfigError, TFOSError
-from tfos.executor._bootstrap import FEEDING_JOBS, NodeLauncher, sign
+from tfos.errors import AuthError, ProtocolError, TFOSConfigError, TFOSError
+from tfos.executor._bootstrap import NodeLauncher
 
 if TYPE_CHECKING:
     from pyspark import SparkContext
@@ -69,21 +70,24 @@ class Reservation:
         self.sc = sc
         self.name = name
         self.template = cluster_template(num_executors, num_ps, master_node, eval_node)
-        self.secret = secrets.token_hex(16)
+        #: Signs runs; stays in this process and the handle file (see tfos._security).
+        self.signer = RunSigner.make()
+        run_key = self.signer.public
         default_fs = _spark.default_fs(sc)
         jobs = SparkNodeJobs(sc, f"tfos reservation {name!r}: {describe(self.template.values())}",
                              lambda gen: NodeLauncher(
-                                 cluster_id=gen.cluster_id, server_address=gen.address, secret=self.secret,
+                                 cluster_id=gen.cluster_id, server_address=gen.address, credential=gen.credential,
                                  template=self.template, input_mode=int(InputMode.TENSORFLOW),
                                  tensorboard=tensorboard, log_dir=log_dir, release_port=True,
                                  reservation_timeout=float(reservation_timeout), default_fs=default_fs, main=b"",
-                                 num_gpus=num_gpus, hold=True))
+                                 num_gpus=num_gpus, hold=True, run_key=run_key))
         handlers = {"Status": self._status, "Submit": self._submit, "RunState": self._run_state,
                     "Logs": self._logs, "Release": self._release}
-        self._supervisor = Supervisor(self.template, self.secret, jobs,
-                                      local_mode=_spark.preflight(sc, num_executors),
+        self._supervisor = Supervisor(self.template, jobs, local_mode=_spark.preflight(sc, num_executors),
                                       hosts=_spark.server_hosts(sc), reservation_timeout=reservation_timeout,
-                                      max_restarts=0, handlers=handlers, on_failure=self._on_failure)
+                                      max_restarts=0, handlers=handlers, large=("Submit",),
+                                      on_failure=self._on_failure)
+        self._run_key = run_key
         self._lock = threading.Lock()
         self._runs: dict[str, Run] = {}
         self._current: Run | None = None
@@ -105,6 +109,11 @@ class Reservation:
     def address(self) -> str:
         """``host:port`` of the control server clients attach to."""
         return self._supervisor.generation.address
+
+    @property
+    def credential(self) -> Credential:
+        """The TLS key and certificate clients use (written to the handle file)."""
+        return self._supervisor.generation.credential
 
     @property
     def cluster_spec(self) -> dict[str, list[str]]:
@@ -167,20 +176,25 @@ class Reservation:
 
     # ---- RPC handlers (gRPC threads) ---------------------------------------------------------
     def _submit(self, msg: dict[str, Any]) -> dict[str, Any]:
-        data, mac = str(msg["main"]), str(msg["mac"])
-        if not hmac.compare_digest(sign(base64.b64decode(data), self.secret), mac):
-            raise AuthError("Submit: main_fun is not signed with the cluster secret")
+        data, run_id, sig = str(msg["main"]), str(msg["run"]), str(msg["sig"])
+        try:
+            blob = base64.b64decode(data, validate=True)
+        except ValueError:
+            raise ProtocolError("Submit: field 'main' is not base64") from None
+        verify_run(self._run_key, run_id, blob, sig)
         with self._lock:
+            if run_id in self._runs:
+                raise AuthError(f"Submit: run {run_id} was submitted before; refusing a replayed run")
             if self._supervisor.state is not ClusterState.RUNNING or self.release_requested.is_set():
                 return {"ok": False, "reason": f"the reservation is {self._supervisor.state.value}"}
             if self._current is not None and not self._current.done:
                 return {"ok": False, "reason": f"run {self._current.id} is still running on this reservation; "
                                                "wait for it to end (tfos status HANDLE) or release the reservation"}
-            run = Run(uuid.uuid4().hex[:12], time.monotonic())
+            run = Run(run_id, time.monotonic())
             self._runs[run.id] = run
             self._current = run
         keras = msg.get("keras")
-        self._supervisor.server.begin_run({"type": "launch", "run": run.id, "main": data, "mac": mac,
+        self._supervisor.server.begin_run({"type": "launch", "run": run.id, "main": data, "sig": sig,
                                            "keras": keras if keras in (2, 3) else None})
         threading.Thread(target=self._drive, args=(run,), name=f"tfos-run-{run.id}", daemon=True).start()
         log.info("run %s submitted", run.id)

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tfos import _constants as C
+from tfos._roles import Role, cluster_spec
 from tfos._rpc import serve
-from tfos.driver._template import Role, cluster_spec
+from tfos._security import Credential
 from tfos.errors import FeedDataError, ProtocolError
 from tfos.feed._balance import EpochPlan
 
@@ -71,11 +72,13 @@ class NodeStatus:
 class ControlServer:
     """Serves the control plane for one cluster; see the module docstring."""
 
-    def __init__(self, template: dict[int, Role], secret: str, *, local_mode: bool = False,
-                 handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] | None = None) -> None:
+    def __init__(self, template: dict[int, Role], credential: Credential, *, local_mode: bool = False,
+                 handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] | None = None,
+                 large: tuple[str, ...] = ()) -> None:
         self.template = template
         self._extra_handlers = dict(handlers or {})
-        self._secret = secret
+        self._large = large
+        self.credential = credential
         self.local_mode = local_mode
         self._cond = threading.Condition()
         self._nodes: dict[int, NodeStatus] = {}
@@ -97,7 +100,8 @@ class ControlServer:
                     "AgentDone": self._agent_done, **self._extra_handlers}
         # Every node holds one long-poll at a time; leave room for reports and feeders.
         workers = 2 * len(self.template) + 16
-        self._server, self.port = serve(handlers, self._secret, host, C.port_range(C.SERVER_PORT), workers)
+        self._server, self.port = serve(handlers, self.credential, host, C.port_range(C.SERVER_PORT), workers,
+                                        large=self._large)
         return self.port
 
     def stop(self) -> None:
@@ -131,6 +135,14 @@ class ControlServer:
         with self._cond:
             if self._abort_reason:
                 return {"ok": False, "reason": self._abort_reason}
+            known = self._nodes.get(eid)
+            if known is not None:
+                # A node registers once per generation: a second Register (a replay, or a peer that
+                # wants to move a node's address) would redirect its feed or erase a recorded failure.
+                if known.info == info:
+                    return {"ok": True}
+                return {"ok": False, "reason": f"executor_id {eid} already registered in this generation "
+                                               f"as {known.role} at {known.info['host']}:{known.info['port']}"}
             for other_id, other in self._nodes.items():
                 same_place = (other.info["hostname"], other.info["workdir"]) == (info["hostname"], info["workdir"])
                 if other_id != eid and same_place and not self.local_mode:

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tfos import _constants as C
+from tfos._roles import Role
+from tfos._security import Credential
 from tfos.driver._server import FAILED, FINISHED, SERVING, ControlServer, NodeStatus
-from tfos.driver._template import Role
 from tfos.errors import NodeError, NodeFailedError, ReservationTimeoutError, TFOSError
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,11 @@ class Generation:
     stopped: bool = False
 
     @property
+    def credential(self) -> Credential:
+        """This generation's TLS key and certificate, for its node tasks and feeders."""
+        return self.server.credential
+
+    @property
     def job_group(self) -> str:
         return f"tfos-{self.cluster_id[:12]}"
 
@@ -89,15 +95,16 @@ class NodeJobs(Protocol):
 class Supervisor:
     """Owns a cluster's state and its nodes' lifecycle; see the module docstring."""
 
-    def __init__(self, template: dict[int, Role], secret: str, jobs: NodeJobs, *, local_mode: bool,
+    def __init__(self, template: dict[int, Role], jobs: NodeJobs, *, local_mode: bool,
                  hosts: tuple[str, str], reservation_timeout: float, max_restarts: int,
                  handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] | None = None,
+                 large: tuple[str, ...] = (),
                  on_failure: Callable[[TFOSError], bool] | None = None) -> None:
         self.template = template
         self.handlers = handlers or {}
+        self.large = large
         #: Called first with each failure; returning True means handled (a reservation fails the run only).
         self.on_failure = on_failure
-        self.secret = secret
         self.jobs = jobs
         self.local_mode = local_mode
         self.bind_host, self.advertised_host = hosts
@@ -116,8 +123,10 @@ class Supervisor:
         self.generation = self._new_generation(1)
 
     def _new_generation(self, number: int) -> Generation:
-        return Generation(number, uuid.uuid4().hex, ControlServer(self.template, self.secret,
-                                                                  local_mode=self.local_mode, handlers=self.handlers))
+        # Each generation has its own key: a node of a failed generation cannot reach the next one.
+        server = ControlServer(self.template, Credential.make(), local_mode=self.local_mode, handlers=self.handlers,
+                               large=self.large)
+        return Generation(number, uuid.uuid4().hex, server)
 
     @property
     def server(self) -> ControlServer:

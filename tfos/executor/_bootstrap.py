@@ -9,8 +9,9 @@ in InputMode.SPARK it returns so that feeding tasks can use the executor's slot.
 A held node (``tfos reserve``, ``hold=True``) keeps its task, and so its executor: an
 agent loop waits for the driver to launch a run, starts a fresh node process for it on
 the same ports, waits for it, and waits for the next run until the reservation is
-released. The run's ``main_fun`` arrives as a pickle signed with the cluster secret
-(HMAC-SHA256); the agent checks the signature before the node loads it.
+released. The run's ``main_fun`` arrives as a pickle signed with the reservation's
+Ed25519 key, bound to a fresh run id; the agent holds only the public key (from its task
+closure), checks the signature and refuses a run id it has seen before the node loads it.
 
 Failures are reported to the driver over the control plane rather than raised, so
 Spark never retries a node task behind tfos's back.
@@ -19,8 +20,6 @@ Spark never retries a node task behind tfos's back.
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -28,7 +27,6 @@ import pickle
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -36,14 +34,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tfos import _constants as C
+from tfos._paths import cache_dir, local_marker_path, log_path, unix_socket_path
+from tfos._roles import FEEDING_JOBS, Role, tf_config
 from tfos._rpc import ControlClient
+from tfos._security import Credential, verify_run
 from tfos.config import InputMode
-from tfos.driver._template import Role, tf_config
 from tfos.errors import AuthError, TFOSError
 
 log = logging.getLogger(__name__)
-
-FEEDING_JOBS = ("chief", "master", "worker")
 
 
 @dataclass(frozen=True)
@@ -52,7 +50,7 @@ class NodePayload:
 
     cluster_id: str
     server_address: str
-    secret: str = field(repr=False)
+    credential: Credential
     executor_id: int
     job_name: str
     task_index: int
@@ -61,6 +59,7 @@ class NodePayload:
     default_fs: str
     input_mode: int
     tensorboard: bool
+    feed_tls: bool
     log_dir: str | None
     release_port: bool
     main: bytes = field(repr=False)
@@ -76,7 +75,7 @@ class NodeLauncher:
 
     cluster_id: str
     server_address: str
-    secret: str = field(repr=False)
+    credential: Credential
     template: dict[int, Role]
     input_mode: int
     tensorboard: bool
@@ -88,6 +87,9 @@ class NodeLauncher:
     num_gpus: int = 0
     hold: bool = False
     keras: int | None = None
+    #: A held node's reservation: the public key its runs are signed with (see tfos._security.RunSigner).
+    run_key: str = ""
+    feed_tls: bool = True
 
     def __call__(self, partition: Iterator[Any]) -> Iterator[int]:
         from pyspark import TaskContext
@@ -100,7 +102,7 @@ class NodeLauncher:
             # A retried node task would start a second node for the same role.
             log.warning("not restarting tfos node %d in Spark task attempt %d", executor_id, task.attemptNumber())
             return iter([executor_id])
-        client = ControlClient(self.server_address, self.secret)
+        client = ControlClient(self.server_address, self.credential)
         try:
             self._launch(client, executor_id)
         except Exception as exc:  # noqa: BLE001 - every failure goes to the driver
@@ -111,14 +113,15 @@ class NodeLauncher:
 
     def _launch(self, client: ControlClient, executor_id: int) -> None:
         job_name, task_index = self.template[executor_id]
-        host = _local_ip(self.server_address.rsplit(":", 1)[0].strip("[]"))
+        # The address peers reach this node at; tfos's own ports (feed, TensorBoard) listen there only.
+        host = C.get_str(C.NODE_HOST) or _local_ip(self.server_address.rsplit(":", 1)[0].strip("[]"))
         sockets = {"port": _bind_tcp()}
         chief_job = "chief" if any(j in ("chief", "master") for j, _ in self.template.values()) else "worker"
         if self.tensorboard and job_name in (chief_job, "master") and task_index == 0:
-            sockets["tb"] = _bind_tcp(ports=C.port_range(C.TENSORBOARD_PORT))
+            sockets["tb"] = _bind_tcp(ports=C.port_range(C.TENSORBOARD_PORT), host=host)
         feeds = self.input_mode == InputMode.SPARK and job_name in FEEDING_JOBS
         if feeds:
-            sockets["feed_tcp"] = _bind_tcp(listen=True)
+            sockets["feed_tcp"] = _bind_tcp(listen=True, host=host)
             sockets["feed_unix"] = _bind_unix(unix_socket_path(self.cluster_id, executor_id))
         executor_pid = _executor_pid()
         registration = {
@@ -136,10 +139,11 @@ class NodeLauncher:
         if feeds:
             _write_local_marker(self.cluster_id, executor_id)
         payload = NodePayload(
-            cluster_id=self.cluster_id, server_address=self.server_address, secret=self.secret,
+            cluster_id=self.cluster_id, server_address=self.server_address, credential=self.credential,
             executor_id=executor_id, job_name=job_name, task_index=task_index, cluster_spec=spec,
             cluster_info=info, default_fs=self.default_fs, input_mode=self.input_mode,
-            tensorboard="tb" in sockets, log_dir=self.log_dir, release_port=self.release_port, main=self.main,
+            tensorboard="tb" in sockets, feed_tls=self.feed_tls, log_dir=self.log_dir,
+            release_port=self.release_port, main=self.main,
             fds={}, executor_pid=executor_pid, log_offset=0, keras=self.keras,
         )
         if self.hold:
@@ -169,8 +173,9 @@ class NodeLauncher:
 
     def _hold(self, client: ControlClient, payload: NodePayload, sockets: dict[str, socket.socket]) -> None:
         """The agent of a held node: runs each launched run's node until the reservation is released."""
-        ports = {name: s.getsockname()[1] for name, s in sockets.items()}
+        ports = {name: s.getsockname()[:2] for name, s in sockets.items()}
         seq = 0
+        seen_runs: set[str] = set()
         while True:
             reply = client.call("AgentPoll", {"executor_id": payload.executor_id, "seq": seq},
                                 timeout=C.get_float(C.POLL_HOLD_SECS) + 10)
@@ -182,10 +187,10 @@ class NodeLauncher:
                     return
                 if event["type"] == "launch":
                     try:
-                        main = open_signed(event["main"], event["mac"], self.secret)
+                        main = open_signed(event, self.run_key, seen_runs)
                         if not sockets:  # the last run's node had them; its ports are the cluster's
-                            sockets = {name: _bind_tcp(ports=range(port, port + 1), reuse=True)
-                                       for name, port in ports.items()}
+                            sockets = {name: _bind_tcp(ports=range(port, port + 1), reuse=True, host=bound)
+                                       for name, (bound, port) in ports.items()}
                         proc = self._start(replace(payload, main=main, keras=event.get("keras")), sockets)
                     except (TFOSError, OSError) as exc:  # this run fails; the reservation holds on
                         for s in sockets.values():
@@ -242,16 +247,17 @@ class NodeLauncher:
         raise TFOSError(f"cluster spec not received within reservation_timeout={self.reservation_timeout}s")
 
 
-def sign(blob: bytes, secret: str) -> str:
-    """HMAC-SHA256 of ``blob`` under the cluster secret, hex."""
-    return hmac.new(secret.encode(), blob, hashlib.sha256).hexdigest()
-
-
-def open_signed(data: str, mac: str, secret: str) -> bytes:
-    """The base64 ``data`` of a launch, once its signature checks out (else AuthError)."""
-    blob = base64.b64decode(data)
-    if not hmac.compare_digest(sign(blob, secret), str(mac)):
-        raise AuthError("a launch's main_fun is not signed with the cluster secret; refusing to load it")
+def open_signed(event: dict[str, Any], run_key: str, seen: set[str]) -> bytes:
+    """The pickled main_fun of a launch, once its signature and fresh run id check out (else AuthError)."""
+    run_id = str(event.get("run", ""))
+    if run_id in seen:
+        raise AuthError(f"run {run_id} was launched before; refusing a replayed launch")
+    try:
+        blob = base64.b64decode(str(event["main"]), validate=True)
+    except (KeyError, ValueError) as exc:
+        raise AuthError("a launch carries no readable main_fun") from exc
+    verify_run(run_key, run_id, blob, event.get("sig"))
+    seen.add(run_id)
     return blob
 
 
@@ -275,22 +281,7 @@ def _delete_cache(cluster_id: str, executor_id: int) -> None:
     """Deletes a node's epoch cache once its process is gone, however it ended (a killed node cannot)."""
     import shutil
 
-    from tfos.feed._cache import cache_dir
-
     shutil.rmtree(cache_dir(cluster_id, executor_id), ignore_errors=True)
-
-
-def unix_socket_path(cluster_id: str, executor_id: int) -> str:
-    return os.path.join(tempfile.gettempdir(), f"tfos-{cluster_id[:12]}-{executor_id}.sock")
-
-
-def local_marker_path(cluster_id: str) -> str:
-    """File in the executor's working directory naming the node that this executor hosts."""
-    return os.path.join(os.getcwd(), f"tfos-{cluster_id}.node")
-
-
-def log_path(job_name: str, task_index: int) -> str:
-    return os.path.join(os.getcwd(), f"tfos-{job_name}-{task_index}.log")
 
 
 def log_tail(job_name: str, task_index: int, lines: int = 30) -> str:
@@ -324,8 +315,8 @@ def _local_ip(server_host: str) -> str:
             return socket.gethostbyname(socket.gethostname())
 
 
-def _bind_tcp(listen: bool = False, ports: range = range(0, 1), reuse: bool = False) -> socket.socket:
-    """A TCP socket bound to the first free port of ``ports`` (0: any free port).
+def _bind_tcp(listen: bool = False, ports: range = range(0, 1), reuse: bool = False, host: str = "") -> socket.socket:
+    """A TCP socket bound to ``host`` ("": every interface) on the first free port of ``ports`` (0: any).
 
     ``reuse`` binds a port that a finished node's connections still hold in TIME_WAIT.
     """
@@ -334,7 +325,7 @@ def _bind_tcp(listen: bool = False, ports: range = range(0, 1), reuse: bool = Fa
         if reuse:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("", port))
+            s.bind((host if host != "0.0.0.0" else "", port))
         except OSError:
             s.close()
             continue

@@ -23,10 +23,10 @@ import traceback
 from typing import Any
 
 from tfos import _constants as C
-from tfos._paths import local_path
+from tfos._paths import local_marker_path, local_path, log_path, unix_socket_path
 from tfos._rpc import ControlClient
 from tfos.errors import TFOSConfigError, TFOSError
-from tfos.executor._bootstrap import NodePayload, local_marker_path, log_path, unix_socket_path
+from tfos.executor._bootstrap import NodePayload
 from tfos.executor._context import NodeContext
 from tfos.executor._logs import LogShipper
 
@@ -44,7 +44,7 @@ class Node:
     def __init__(self, payload: NodePayload) -> None:
         self.p = payload
         self.name = f"{payload.job_name}:{payload.task_index}"
-        self.client = ControlClient(payload.server_address, payload.secret)
+        self.client = ControlClient(payload.server_address, payload.credential)
         self.sockets = {name: socket.socket(fileno=fd) for name, fd in payload.fds.items()}
         self.tensorboard: subprocess.Popen | None = None
         self.feeds: Any = None
@@ -208,10 +208,10 @@ class Node:
         if "://" not in logdir:
             os.makedirs(logdir, exist_ok=True)
         tb_socket = self.sockets.pop("tb")
-        port = tb_socket.getsockname()[1]
+        host, port = tb_socket.getsockname()[:2]  # the node's cluster-facing address (TFOS_NODE_HOST)
         tb_socket.close()
         self.tensorboard = subprocess.Popen(
-            [sys.executable, "-m", "tensorboard.main", "--logdir", logdir, "--port", str(port), "--bind_all"],
+            [sys.executable, "-m", "tensorboard.main", "--logdir", logdir, "--port", str(port), "--host", host],
             stdout=sys.stdout, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
         )
         log.info("TensorBoard on port %d serving %s", port, logdir)

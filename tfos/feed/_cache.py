@@ -26,19 +26,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tfos import _constants as C
 from tfos.errors import TFOSError
 from tfos.feed._columns import Column, VarColumn, concat
 
 
 class CacheError(TFOSError):
     """The epoch cache could not keep a node's share (e.g. its disk is full)."""
-
-
-def cache_dir(cluster_id: str, executor_id: int) -> str:
-    """Where a node's cache spills; the executor's task deletes it after the node exits."""
-    base = C.get_str(C.FEED_CACHE_DIR) or os.environ.get("TMPDIR") or "/tmp"
-    return os.path.join(base, f"tfos-cache-{cluster_id}-{executor_id}")
 
 
 @dataclass(frozen=True)
@@ -158,8 +151,11 @@ class EpochCache:
     def _write(self, array: np.ndarray) -> str:
         path = os.path.join(self.directory, f"{self._files}.npy")
         try:
-            os.makedirs(self.directory, exist_ok=True)
-            np.save(path, np.ascontiguousarray(array))
+            # Fed rows are the user's data: the node's cache directory and its queues' are the owner's only.
+            os.makedirs(os.path.dirname(self.directory), mode=0o700, exist_ok=True)
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+                np.save(f, np.ascontiguousarray(array))
             self._files += 1
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -16,12 +16,14 @@ the driver (:func:`check_dataframe_schema`) before any node sees data.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
 import operator
 import select
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,8 +32,10 @@ from typing import Any
 import numpy as np
 
 from tfos import _constants as C
+from tfos._paths import local_marker_path, unix_socket_path
+from tfos._protocol import FeedErrorKind, FeedOp, Method
+from tfos._security import TLS_NAME, Credential, check_proof, feed_token, new_nonce, prove
 from tfos.errors import AuthError, FeedDataError, FeedTimeoutError, ProtocolError, TFOSError
-from tfos.executor._bootstrap import local_marker_path, unix_socket_path
 from tfos.feed._columns import (
     BINARY,
     STRING,
@@ -65,7 +69,7 @@ class Feeder:
     """See the module docstring. Holds only plain data: Spark pickles it to every task."""
 
     cluster_id: str
-    secret: str
+    credential: Credential
     server_address: str
     qname: str
     epoch: int | None
@@ -76,6 +80,7 @@ class Feeder:
     balanced: bool = False  # route a training epoch by the driver's EpochPlan
     epoch_rows: int | None = None  # rows each node gets an epoch (balanced), told again in every hello
     cache_plan: dict[str, Any] | None = None  # the epoch cache's plan, likewise
+    tls: bool = True  # TLS on TCP feed connections (TFOS_FEED_TLS on the driver)
 
     @property
     def inference(self) -> bool:
@@ -103,13 +108,20 @@ class Feeder:
                 f"from partition {partition} of queue {self.qname!r} for feed_timeout={self.feed_timeout}s. "
                 "Its main_fun stopped reading the feed (finished early, stuck, or reads another queue); "
                 "raise feed_timeout if it is just slow.", node=consumer.role, partition=partition)
-            self._report("timeout", str(error), partition)
+            self._report(FeedErrorKind.TIMEOUT, str(error), partition)
             raise error from None
-        except _Unreachable:
-            raise  # a node that exited: the driver's monitor names it and its error
-        except TFOSError as error:
-            self._report(type(error).__name__, str(error), partition)
+        except NodeGone as error:  # a node that exited: the driver's monitor names it and its error
+            self._report(error.kind, str(error), partition)
             raise
+        except TFOSError as error:
+            self._report(_kind(error), str(error), partition)
+            raise
+        except OSError as exc:  # the connection broke mid-feed: the node is gone
+            consumer = target[-1] if target else None
+            error = NodeGone(f"the feed of node {consumer.role if consumer else '?'} broke: {exc}",
+                             kind=FeedErrorKind.CLOSED)
+            self._report(error.kind, str(error), partition)
+            raise error from exc
 
     # ---- connection ----------------------------------------------------------------------
     def _connect(self, partition: int, consumer: Consumer | None = None) -> tuple[Consumer, socket.socket]:
@@ -129,18 +141,34 @@ class Feeder:
         widen_buffers(sock)
         try:
             sock.connect(address)
-            send_frame(sock, {"op": "hello", "secret": self.secret, "qname": self.qname, "epoch": self.epoch,
-                              "inference": self.inference, "partition": partition, "epoch_rows": self.epoch_rows,
-                              "cache": self.cache_plan})
-            reply = recv_frame(sock)
+            if sock.family != socket.AF_UNIX and self.tls:
+                sock = _tls_context(self.credential).wrap_socket(sock, server_hostname=TLS_NAME)
+            self._handshake(sock, consumer, partition)
         except OSError as exc:
             sock.close()
-            raise _Unreachable(f"cannot reach the feed of node {consumer.role} at {address}: {exc}. The node has "
-                               "exited (see the driver's error) or the cluster was shut down.") from exc
-        if reply is None or reply[0].get("op") != "ready":
+            raise NodeGone(f"cannot reach the feed of node {consumer.role} at {address}: {exc}. The node has "
+                           "exited (see the driver's error) or the cluster was shut down.",
+                           kind=FeedErrorKind.UNREACHABLE) from exc
+        except BaseException:
             sock.close()
-            raise AuthError(f"node {consumer.role} refused the feed: {reply[0] if reply else 'closed'}")
+            raise
         return consumer, sock
+
+    def _handshake(self, sock: socket.socket, consumer: Consumer, partition: int) -> None:
+        """The hello, the node's proof against our nonce, ours against its nonce, then ``ready``."""
+        token = feed_token(self.credential)
+        nonce = new_nonce()
+        send_frame(sock, {"op": FeedOp.HELLO, "nonce": nonce, "qname": self.qname, "epoch": self.epoch,
+                          "inference": self.inference, "partition": partition, "epoch_rows": self.epoch_rows,
+                          "cache": self.cache_plan})
+        challenge = _expect(recv_frame(sock), consumer)
+        if challenge.get("op") != FeedOp.CHALLENGE or not check_proof(token, nonce, "node", challenge.get("proof")):
+            raise AuthError(f"the feed of node {consumer.role} did not prove it holds this cluster's key: refusing "
+                            "to send it data (a stale address, or another process on its port)")
+        send_frame(sock, {"op": FeedOp.AUTH, "proof": prove(token, str(challenge.get("nonce")), "feeder")})
+        reply = _expect(recv_frame(sock), consumer)
+        if reply.get("op") != FeedOp.READY:
+            raise AuthError(f"node {consumer.role} refused the feed: {reply}")
 
     # ---- training ---------------------------------------------------------------------------
     def _train(self, sock: socket.socket, consumer: Consumer, partition: int, rows: Iterator[Any]) -> int:
@@ -149,10 +177,10 @@ class Feeder:
             if select.select([sock], [], [], 0)[0]:  # the node only speaks early to refuse data
                 reply = _expect(recv_frame(sock), consumer)
                 break
-            send_frame(sock, {"op": "data", "schema": schema}, columns)
-        send_frame(sock, {"op": "end"})
+            send_frame(sock, {"op": FeedOp.DATA, "schema": schema}, columns)
+        send_frame(sock, {"op": FeedOp.END})
         reply = reply or _expect(recv_frame(sock), consumer)
-        return 0 if reply["op"] == "terminated" else int(reply["rows"])
+        return 0 if reply["op"] == FeedOp.TERMINATED else int(reply["rows"])
 
     def _train_routed(self, partition: int, rows: Iterator[Any], target: list[Consumer]) -> int:
         """Feeds a balanced epoch: runs of the partition's rows go where the driver's plan says.
@@ -184,7 +212,7 @@ class Feeder:
                         if select.select([sock], [], [], 0)[0]:
                             replies[eid] = _expect(recv_frame(sock), consumer)
                         else:
-                            header = {"op": "data", "schema": schema, **({} if served else {"cache_only": True})}
+                            header = {"op": FeedOp.DATA, "schema": schema, **({} if served else {"cache_only": True})}
                             send_frame(sock, header, [c[pos:pos + take] for c in columns])
                     pos += take
                     if done + pos == stop:
@@ -195,9 +223,9 @@ class Feeder:
             acked = 0
             for eid, (consumer, sock) in links.items():
                 target.append(consumer)
-                send_frame(sock, {"op": "end"})
+                send_frame(sock, {"op": FeedOp.END})
                 reply = replies.get(eid) or _expect(recv_frame(sock), consumer)
-                acked += 0 if reply["op"] == "terminated" else int(reply["rows"])
+                acked += 0 if reply["op"] == FeedOp.TERMINATED else int(reply["rows"])
             return acked
         finally:
             for _, sock in links.values():
@@ -207,9 +235,9 @@ class Feeder:
         from tfos._rpc import ControlClient
 
         local = None if self.local_mode else _local_executor(self.cluster_id)
-        client = ControlClient(self.server_address, self.secret)
+        client = ControlClient(self.server_address, self.credential)
         try:
-            reply = client.call("FeedPlan", {"qname": self.qname, "epoch": self.epoch, "partition": partition,
+            reply = client.call(Method.FEED_PLAN, {"qname": self.qname, "epoch": self.epoch, "partition": partition,
                                              "executor_id": local}, timeout=self.feed_timeout)
         except ProtocolError as exc:
             raise FeedDataError(f"partition {partition} of queue {self.qname!r}: {exc}", partition=partition) from None
@@ -233,8 +261,8 @@ class Feeder:
         def send_all() -> None:
             try:
                 for columns, schema in self._chunks(partition, rows):
-                    send_frame(sock, {"op": "data", "schema": schema}, columns)
-                send_frame(sock, {"op": "end"})
+                    send_frame(sock, {"op": FeedOp.DATA, "schema": schema}, columns)
+                send_frame(sock, {"op": FeedOp.END})
             except BaseException as exc:  # noqa: BLE001 - re-raised by the reading side
                 failure.append(exc)
                 sock.shutdown(socket.SHUT_RDWR)
@@ -251,9 +279,9 @@ class Feeder:
             if failure:
                 raise failure[0]
             header = _expect(frame, consumer)
-            if header["op"] == "done":
+            if header["op"] == FeedOp.DONE:
                 break
-            if header["op"] == "terminated":
+            if header["op"] == FeedOp.TERMINATED:
                 raise TFOSError(f"node {consumer.role} terminated queue {self.qname!r} during inference; "
                                 f"partition {partition} got only some of its results")
             yield from result_rows(frame[1])
@@ -278,12 +306,12 @@ class Feeder:
             yield columns, schema
             offset += len(batch)
 
-    def _report(self, kind: str, message: str, partition: int) -> None:
+    def _report(self, kind: FeedErrorKind, message: str, partition: int) -> None:
         from tfos._rpc import ControlClient
 
-        client = ControlClient(self.server_address, self.secret)
+        client = ControlClient(self.server_address, self.credential)
         try:
-            client.call("FeedError", {"kind": kind, "message": message, "qname": self.qname,
+            client.call(Method.FEED_ERROR, {"kind": kind, "message": message, "qname": self.qname,
                                       "partition": partition}, timeout=10)
         except TFOSError:
             log.warning("could not report a feed error to the driver", exc_info=True)
@@ -291,8 +319,25 @@ class Feeder:
             client.close()
 
 
-class _Unreachable(TFOSError):
-    """A node's feed socket refused the connection: the node has exited."""
+class NodeGone(TFOSError):
+    """The node's feed refused the connection or closed it mid-feed (``kind``): the node has exited."""
+
+    kind: FeedErrorKind
+
+
+def _kind(error: TFOSError) -> FeedErrorKind:
+    """The structured kind of a feeding task's failure, from the error's type."""
+    for cls, kind in ((FeedDataError, FeedErrorKind.BAD_ROW), (AuthError, FeedErrorKind.AUTH),
+                      (ProtocolError, FeedErrorKind.PROTOCOL)):
+        if isinstance(error, cls):
+            return kind
+    return FeedErrorKind.OTHER
+
+
+@functools.lru_cache(maxsize=4)
+def _tls_context(credential: Credential) -> ssl.SSLContext:
+    """One client context per credential and Python worker: a feeding task pays only its handshake."""
+    return credential.ssl_context(server=False)
 
 
 def _local_executor(cluster_id: str) -> int | None:
@@ -305,10 +350,10 @@ def _local_executor(cluster_id: str) -> int | None:
 
 def _expect(frame: tuple[dict[str, Any], list[np.ndarray]] | None, consumer: Consumer) -> dict[str, Any]:
     if frame is None:
-        raise TFOSError(f"node {consumer.role} (executor_id {consumer.executor_id}) closed the feed: its main_fun "
-                        "failed or the node exited; the driver reports the node's error")
+        raise NodeGone(f"node {consumer.role} (executor_id {consumer.executor_id}) closed the feed: its main_fun "
+                       "failed or the node exited; the driver reports the node's error", kind=FeedErrorKind.CLOSED)
     header = frame[0]
-    if header.get("op") == "error":
+    if header.get("op") == FeedOp.ERROR:
         raise TFOSError(f"node {consumer.role}: {header.get('message')}")
     return header
 

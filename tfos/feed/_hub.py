@@ -1,8 +1,12 @@
 """The node's feed server and buffers (node process).
 
-``FeedHub`` accepts connections from feeding Spark tasks on the node's Unix and TCP
-sockets, checks the cluster secret, and puts each chunk of rows into the queue it
-names. A ``FeedQueue`` holds chunks in arrival order, bounded in bytes: when it is
+``FeedHub`` accepts connections from feeding Spark tasks on the node's Unix socket and
+TCP port (TLS), runs the handshake of :mod:`tfos._protocol` (each side proves it holds
+the generation's key against the other's fresh nonce), and puts each chunk of rows into
+the queue it names. A peer that has not proven itself gets a bounded hello read by an
+absolute deadline, at most ``MAX_PENDING`` such peers are served at once (more are
+closed at accept), and whatever it sends ends in one rate-limited log line, never a
+traceback. A ``FeedQueue`` holds chunks in arrival order, bounded in bytes: when it is
 full the connection thread stops reading, so the feeding task blocks in ``send`` (back-
 pressure). Chunks carry their epoch; an epoch ends when a chunk of the next epoch
 arrives or when the driver says so (``feed_end`` event), whichever comes first.
@@ -11,20 +15,25 @@ arrives or when the driver says so (``feed_end`` event), whichever comes first.
 from __future__ import annotations
 
 import collections
+import errno
 import hashlib
-import hmac
 import logging
 import os
 import shutil
 import socket
+import ssl
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from tfos import _constants as C
-from tfos.errors import ProtocolError, TFOSError
-from tfos.feed._cache import CacheError, EpochCache, cache_dir
+from tfos._paths import cache_dir
+from tfos._protocol import Event, FeedOp, Method
+from tfos._security import check_proof, feed_token, new_nonce, prove
+from tfos.errors import AuthError, ProtocolError, TFOSError
+from tfos.feed._cache import CacheError, EpochCache
 from tfos.feed._columns import Column
 from tfos.feed._protocol import recv_frame, recv_hello, send_frame, widen_buffers
 
@@ -32,6 +41,11 @@ log = logging.getLogger(__name__)
 
 #: Results of ``FeedQueue.take``.
 EPOCH_END, CLOSED = "epoch_end", "closed"
+#: Connections that have not proven themselves served at once; more are closed at accept.
+MAX_PENDING = 64
+#: Seconds between two log lines about refused peers (the ones between are counted).
+REJECT_LOG_INTERVAL = 5.0
+MAX_QNAME = 256
 
 
 @dataclass
@@ -48,10 +62,10 @@ class FeedConnection:
 
     def send_results(self, columns: list[Column], count: int, qname_out: str = "output") -> None:
         with self.send_lock:
-            send_frame(self.sock, {"op": "results", "rows": count}, columns)
+            send_frame(self.sock, {"op": FeedOp.RESULTS, "rows": count}, columns)
             self.answered += count
             if self.input_done and self.answered >= self.received:
-                send_frame(self.sock, {"op": "done"})
+                send_frame(self.sock, {"op": FeedOp.DONE})
                 self.done.set()
 
 
@@ -296,12 +310,17 @@ class FeedHub:
 
     def __init__(self, node: Any, listeners: list[socket.socket]) -> None:
         self.node = node
-        self.secret = node.p.secret.encode()
+        self.token = feed_token(node.p.credential)
+        self.tls = node.p.credential.ssl_context(server=True) if node.p.feed_tls else None
         self.listeners = listeners
         self.queues: dict[str, FeedQueue] = {}
         self.lock = threading.Lock()
         self.closed = False
         self.capacity = C.get_int(C.FEED_BUFFER_BYTES)
+        self._pending = 0
+        self._refused = 0
+        self._next_refusal_log = 0.0
+        self._listening = True
 
     def start(self) -> None:
         for listener in self.listeners:
@@ -320,11 +339,11 @@ class FeedHub:
 
     def handle(self, event: dict[str, Any]) -> None:
         kind = event["type"]
-        if kind == "feed_begin":
+        if kind == Event.FEED_BEGIN:
             self._announce(self.queue(event["qname"]), event["schema"], event.get("epoch_rows"), event.get("cache"))
-        elif kind == "feed_end":
+        elif kind == Event.FEED_END:
             self.queue(event["qname"]).end_epoch(int(event["epoch"]))
-        elif kind == "feed_close":
+        elif kind == Event.FEED_CLOSE:
             with self.lock:
                 self.closed = True
                 queues = list(self.queues.values())
@@ -340,8 +359,11 @@ class FeedHub:
             p = self.node.p
             name = "".join(ch if ch.isalnum() else "_" for ch in queue.name)[:40]
             unique = hashlib.sha1(queue.name.encode()).hexdigest()[:8]  # "a.b" and "a_b" apart
-            cache = EpochCache(os.path.join(cache_dir(p.cluster_id, p.executor_id), f"{name}-{unique}-{plan['first']}"),
-                               C.get_int(C.FEED_CACHE_BYTES))
+            base = os.path.realpath(cache_dir(p.cluster_id, p.executor_id))
+            path = os.path.realpath(os.path.join(base, f"{name}-{unique}-{int(plan['first'])}"))
+            if os.path.dirname(path) != base:  # never write or delete outside the node's cache directory
+                raise ProtocolError(f"cache plan {plan!r} names a directory outside {base}")
+            cache = EpochCache(path, C.get_int(C.FEED_CACHE_BYTES))
         queue.set_schema(schema, epoch_rows, cache, plan)
 
     def stats(self) -> dict[str, Any]:
@@ -350,6 +372,7 @@ class FeedHub:
 
     def close(self) -> None:
         """Closes the sockets and deletes every epoch cache (at the node's exit)."""
+        self._listening = False
         for listener in self.listeners:
             try:
                 listener.close()
@@ -366,54 +389,119 @@ class FeedHub:
     def terminate(self, queue: FeedQueue) -> None:
         queue.terminate()
         try:
-            self.node.client.call("Terminate", {"executor_id": self.node.p.executor_id, "qname": queue.name})
+            self.node.client.call(Method.TERMINATE, {"executor_id": self.node.p.executor_id, "qname": queue.name})
         except TFOSError:
             log.warning("could not tell the driver that queue %r was terminated", queue.name, exc_info=True)
 
+    # ---- serving connections -----------------------------------------------------------------
     def _accept_loop(self, listener: socket.socket) -> None:
+        """Accepts until the listener closes; no single connection, however it fails, ends the loop."""
+        tls = self.tls if listener.family != socket.AF_UNIX else None
         while True:
             try:
-                sock, _ = listener.accept()
-            except OSError:
-                return  # listener closed at exit
-            widen_buffers(sock)
-            threading.Thread(target=self._serve, args=(sock,), name="tfos-feed-conn", daemon=True).start()
+                sock, peer = listener.accept()
+            except OSError as exc:
+                if not self._listening or listener.fileno() < 0:
+                    return  # listener closed at exit
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    time.sleep(0.1)  # out of descriptors or memory for now: the peer's connect waits
+                continue
+            if not self._admit():
+                sock.close()
+                self._refuse(peer, f"more than {MAX_PENDING} connections are still in their handshake")
+                continue
+            try:
+                widen_buffers(sock)
+                threading.Thread(target=self._serve, args=(sock, peer, tls), name="tfos-feed-conn",
+                                 daemon=True).start()
+            except Exception as exc:  # noqa: BLE001 - e.g. "can't start new thread": drop this peer only
+                self._admitted()
+                sock.close()
+                self._refuse(peer, f"{type(exc).__name__}: {exc}")
 
-    def _serve(self, sock: socket.socket) -> None:
+    def _admit(self) -> bool:
+        with self.lock:
+            if self._pending >= MAX_PENDING:
+                return False
+            self._pending += 1
+            return True
+
+    def _admitted(self) -> None:
+        with self.lock:
+            self._pending -= 1
+
+    def _refuse(self, peer: Any, reason: str) -> None:
+        """One log line every REJECT_LOG_INTERVAL seconds at most, counting the refusals between."""
+        now = time.monotonic()
+        with self.lock:
+            self._refused += 1
+            if now < self._next_refusal_log:
+                return
+            self._next_refusal_log = now + REJECT_LOG_INTERVAL
+            count, self._refused = self._refused, 0
+        more = f" ({count - 1} more refused since the last such line)" if count > 1 else ""
+        log.warning("feed: refused a connection from %s: %s%s", _peer_name(peer), reason[:200], more)
+
+    def _serve(self, sock: socket.socket, peer: Any, tls: ssl.SSLContext | None) -> None:
+        deadline = time.monotonic() + C.get_float(C.FEED_HELLO_TIMEOUT_SECS)
         try:
-            with sock:
-                self._serve_feeder(sock)
+            try:
+                sock, hello = self._handshake(sock, tls, deadline)
+            except Exception as exc:  # noqa: BLE001 - whatever an unproven peer sends ends here, in one line
+                self._refuse(peer, f"{type(exc).__name__}: {exc}")
+                return
+            finally:
+                self._admitted()
+            if hello is not None:
+                self._serve_feeder(sock, hello)
         except (ConnectionError, ProtocolError, OSError) as exc:
-            log.warning("feed connection dropped: %s", exc)
+            log.warning("feed connection from %s dropped: %s", _peer_name(peer), exc)
+        except Exception:  # noqa: BLE001 - a bug must not end the node; the driver sees the feeder fail
+            log.exception("feed connection from %s failed", _peer_name(peer))
+        finally:
+            sock.close()
 
-    def _serve_feeder(self, sock: socket.socket) -> None:
-        sock.settimeout(C.get_float(C.FEED_HELLO_TIMEOUT_SECS))  # a peer that says nothing is dropped
-        hello = recv_hello(sock)
+    def _handshake(self, sock: socket.socket, tls: ssl.SSLContext | None,
+                   deadline: float) -> tuple[socket.socket, dict[str, Any] | None]:
+        """TLS (on TCP), then the hello and both proofs, all by ``deadline``; returns the checked hello."""
+        if tls is not None:
+            sock = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            sock.do_handshake()
+        hello = recv_hello(sock, deadline)
         if hello is None:
-            return
-        given = hello.get("secret")
-        if hello.get("op") != "hello" or not isinstance(given, str) or not hmac.compare_digest(given.encode(),
-                                                                                                self.secret):
-            send_frame(sock, {"op": "error", "message": "missing or wrong tfos cluster secret"})
-            return
+            return sock, None
+        their_nonce = hello.get("nonce")
+        if hello.get("op") != FeedOp.HELLO or not _is_nonce(their_nonce):
+            raise ProtocolError("the first frame is not a feed hello")
+        nonce = new_nonce()
+        send_frame(sock, {"op": FeedOp.CHALLENGE, "nonce": nonce, "proof": prove(self.token, their_nonce, "node")})
+        reply = recv_hello(sock, deadline)
+        if reply is None or reply.get("op") != FeedOp.AUTH or not check_proof(self.token, nonce, "feeder",
+                                                                             reply.get("proof")):
+            send_frame(sock, {"op": FeedOp.ERROR, "message": "the feeder did not prove it holds this cluster's key"})
+            raise AuthError("no proof of the cluster's key")
+        return sock, _checked_hello(hello)
+
+    def _serve_feeder(self, sock: socket.socket, hello: dict[str, Any]) -> None:
         sock.settimeout(None)  # a feeding task may wait on back-pressure for as long as the node reads
-        queue = self.queue(str(hello["qname"]))
-        if not hello.get("inference"):
-            self._announce(queue, None, hello.get("epoch_rows"), hello.get("cache"))
-        conn = FeedConnection(sock, inference=bool(hello.get("inference")))
-        epoch = hello.get("epoch")
-        send_frame(sock, {"op": "ready", "node": self.node.name})
+        queue = self.queue(hello["qname"])
+        if not hello["inference"]:
+            self._announce(queue, None, hello["epoch_rows"], hello["cache"])
+        conn = FeedConnection(sock, inference=hello["inference"])
+        epoch = hello["epoch"]
+        send_frame(sock, {"op": FeedOp.READY, "node": self.node.name})
         dropping = False  # after terminate(): read and drop the rest of the partition
         while True:
             frame = recv_frame(sock)
             if frame is None:
                 return
             header, columns = frame
-            if header.get("op") == "end":
+            if header.get("op") == FeedOp.END:
                 break
             if dropping:
                 continue
-            if header.get("op") != "data" or not columns:
+            if header.get("op") != FeedOp.DATA or not columns:
                 raise ProtocolError(f"unexpected feed frame {header.get('op')!r}")
             if queue.schema is None and header.get("schema"):
                 queue.set_schema(header["schema"], queue.epoch_rows)
@@ -425,7 +513,7 @@ class FeedHub:
                 continue
             if not queue.put(chunk):
                 with conn.send_lock:  # batch_results may be sending on this socket too
-                    send_frame(sock, {"op": "terminated"})  # the feeder stops sending when it sees this
+                    send_frame(sock, {"op": FeedOp.TERMINATED})  # the feeder stops sending when it sees this
                 dropping = True
         if dropping:
             return
@@ -435,9 +523,44 @@ class FeedHub:
             conn.input_done = True
             finished = conn.answered >= conn.received
         if not conn.inference:
-            send_frame(sock, {"op": "ack", "rows": conn.received})
+            send_frame(sock, {"op": FeedOp.ACK, "rows": conn.received})
         elif finished:
             with conn.send_lock:
-                send_frame(sock, {"op": "done"})
+                send_frame(sock, {"op": FeedOp.DONE})
         else:
             conn.done.wait()  # results flow back from batch_results on the node's thread
+
+
+def _peer_name(peer: Any) -> str:
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "a local process"
+
+
+def _is_nonce(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 32 and all(ch in "0123456789abcdef" for ch in value)
+
+
+def _checked_hello(hello: dict[str, Any]) -> dict[str, Any]:
+    """The hello's fields, each checked for type and range (ProtocolError naming the first bad one)."""
+    def field(name: str, ok: Any, what: str, default: Any = None) -> Any:
+        value = hello.get(name, default)
+        if not ok(value):
+            raise ProtocolError(f"feed hello field {name!r} must be {what}; got {str(value)[:40]!r}")
+        return value
+
+    def count(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 62
+
+    def plan(value: Any) -> bool:
+        return value is None or (isinstance(value, dict) and count(value.get("first"))
+                                 and count(value.get("epochs")) and isinstance(value.get("shuffle", False), bool)
+                                 and (value.get("seed") is None or count(value.get("seed"))))
+
+    return {
+        "qname": field("qname", lambda v: isinstance(v, str) and 0 < len(v) <= MAX_QNAME,
+                       f"a queue name of 1-{MAX_QNAME} characters"),
+        "inference": field("inference", lambda v: isinstance(v, bool), "true or false", False),
+        "epoch": field("epoch", lambda v: v is None or count(v), "null or an epoch number"),
+        "partition": field("partition", lambda v: v is None or count(v), "null or a partition number"),
+        "epoch_rows": field("epoch_rows", lambda v: v is None or count(v), "null or a row count"),
+        "cache": field("cache", plan, "null or a cache plan {first, epochs, shuffle, seed}"),
+    }

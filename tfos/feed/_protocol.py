@@ -6,8 +6,9 @@ each column listed in ``header["cols"]`` in order. A numpy column (``dtype`` str
 ``"string"``, ``shape`` and ``nbytes``, see :class:`~tfos.feed._columns.VarColumn`) is
 two: ``prod(shape) + 1`` little-endian int64 offsets starting at 0, then ``nbytes``
 bytes of values, Arrow's layout without padding. Buffers go out with one ``sendmsg``
-straight from the numpy arrays and come in with ``recv_into`` straight into new arrays:
-no pickle, no per-row work. Only plain numeric, bool, fixed-width string and these
+(``sendall`` per buffer on TLS sockets) straight from the numpy arrays and come in with
+``recv_into`` straight into new arrays: no pickle, no per-row work. The handshake that
+comes first is described in :mod:`tfos._protocol`. Only plain numeric, bool, fixed-width string and these
 variable-length columns are accepted.
 """
 
@@ -16,7 +17,9 @@ from __future__ import annotations
 import json
 import math
 import socket
+import ssl
 import struct
+import time
 from typing import Any
 
 import numpy as np
@@ -62,6 +65,10 @@ def send_frame(sock: socket.socket, header: dict[str, Any], arrays: list[Column]
         header = {**header, "cols": specs}
     raw = json.dumps(header, separators=(",", ":")).encode()
     buffers = [memoryview(_LEN.pack(len(raw)) + raw)] + [memoryview(a).cast("B") for a in payload if a.nbytes]
+    if isinstance(sock, ssl.SSLSocket):  # no sendmsg on TLS: each buffer is encrypted from where it lies
+        for buffer in buffers:
+            sock.sendall(buffer)
+        return
     while buffers:
         sent = sock.sendmsg(buffers)
         while buffers and sent >= len(buffers[0]):
@@ -71,27 +78,28 @@ def send_frame(sock: socket.socket, header: dict[str, Any], arrays: list[Column]
             buffers[0] = buffers[0][sent:]
 
 
-def recv_hello(sock: socket.socket) -> dict[str, Any] | None:
-    """Reads a connection's first frame, before its secret is checked: a JSON object of at most
-    MAX_HELLO_BYTES and no column buffers. Nothing is allocated from the peer's numbers."""
-    hello = _recv_header(sock, MAX_HELLO_BYTES, "hello")
+def recv_hello(sock: socket.socket, deadline: float) -> dict[str, Any] | None:
+    """Reads a frame of the handshake, before the peer has proven anything: a JSON object of at most
+    MAX_HELLO_BYTES and no column buffers, all of it by ``deadline`` (``time.monotonic()``), however
+    the peer trickles its bytes. Nothing is allocated from the peer's numbers."""
+    hello = _recv_header(sock, MAX_HELLO_BYTES, "hello", deadline)
     if hello is not None and "cols" in hello:
         raise ProtocolError("feed hello must be a JSON object without columns")
     return hello
 
 
-def _recv_header(sock: socket.socket, limit: int, what: str) -> dict[str, Any] | None:
+def _recv_header(sock: socket.socket, limit: int, what: str, deadline: float | None = None) -> dict[str, Any] | None:
     """A frame's JSON header of at most ``limit`` bytes; None when the peer closed the connection cleanly."""
-    prefix = _recv_exact(sock, _LEN.size, allow_eof=True)
+    prefix = _recv_exact(sock, _LEN.size, allow_eof=True, deadline=deadline)
     if prefix is None:
         return None
     (length,) = _LEN.unpack(prefix)
     if length > limit:
         raise ProtocolError(f"feed {what} of {length} bytes exceeds {limit}")
     try:
-        header = json.loads(_recv_exact(sock, length))
-    except ValueError as exc:
-        raise ProtocolError(f"feed {what} is not JSON: {exc}") from None
+        header = json.loads(_recv_exact(sock, length, deadline=deadline))
+    except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested past the parser's depth
+        raise ProtocolError(f"feed {what} is not JSON: {type(exc).__name__}") from None
     if not isinstance(header, dict):
         raise ProtocolError(f"feed {what} must be a JSON object")
     return header
@@ -135,17 +143,23 @@ def _recv_array(sock: socket.socket, array: np.ndarray) -> np.ndarray:
         view = memoryview(array).cast("B")
         got = 0
         while got < array.nbytes:
-            # MSG_WAITALL: one system call (and one GIL hand-off) per buffer on blocking sockets
-            n = sock.recv_into(view[got:], 0, socket.MSG_WAITALL)
+            # MSG_WAITALL: one system call (and one GIL hand-off) per buffer on blocking sockets;
+            # TLS sockets take no flags and return a record (16 KiB) at a time
+            n = sock.recv_into(view[got:], 0, 0 if isinstance(sock, ssl.SSLSocket) else socket.MSG_WAITALL)
             if n == 0:
                 raise ConnectionError("feed peer closed the connection mid-frame")
             got += n
     return array
 
 
-def _recv_exact(sock: socket.socket, n: int, allow_eof: bool = False) -> bytes | None:
+def _recv_exact(sock: socket.socket, n: int, allow_eof: bool = False, deadline: float | None = None) -> bytes | None:
     data = bytearray()
     while len(data) < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("feed peer did not finish its handshake in time")
+            sock.settimeout(left)
         chunk = sock.recv(n - len(data))
         if not chunk:
             if allow_eof and not data:

@@ -1,7 +1,8 @@
-"""Cluster template (driver): which executor hosts which TensorFlow role.
+"""TensorFlow roles (driver and executors): which executor hosts which role, and TF_CONFIG.
 
 Roles follow TensorFlowOnSpark's order: parameter servers first, then the chief,
-the evaluator, and workers on the remaining executors.
+the evaluator, and workers on the remaining executors. The driver makes the template;
+executors turn the registered cluster into each node's TF_CONFIG.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 Role = tuple[str, int]
+#: Jobs whose nodes run main_fun's training loop and so take fed data (InputMode.SPARK).
+FEEDING_JOBS = ("chief", "master", "worker")
 
 
 def cluster_template(num_executors: int, num_ps: int, master_node: str | None, eval_node: bool) -> dict[int, Role]:
