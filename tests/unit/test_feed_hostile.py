@@ -1,9 +1,13 @@
-"""A node's feed server against hostile clients, on a real TCP socket (a fake node through the hub's seam)."""
+"""A node's feed server against hostile peers, on real TCP sockets and real TLS (a fake node through the hub's
+seam; the real Feeder on the other side)."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -13,85 +17,295 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from tfos._paths import cache_dir
+from tfos._security import TLS_NAME, Credential, feed_token
+from tfos.errors import AuthError, TFOSError
+from tfos.feed import _hub
+from tfos.feed._feeder import Consumer, Feeder, NodeGone
 from tfos.feed._hub import FeedHub
 from tfos.feed._protocol import recv_frame, send_frame
 
-SECRET = "s3cret"
+CRED = Credential.make()
+CLUSTER = "c0ffee" * 6
 
 
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
+def make_hub(monkeypatch, tmp_path, tls: bool, credential: Credential = CRED):
     monkeypatch.setenv("TFOS_FEED_HELLO_TIMEOUT_SECS", "0.5")
+    monkeypatch.setenv("TFOS_FEED_CACHE_DIR", str(tmp_path / "cache"))
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    node = SimpleNamespace(p=SimpleNamespace(secret=SECRET, cluster_id="c0ffee", executor_id=0), name="worker:0")
+    listener.listen(64)
+    node = SimpleNamespace(p=SimpleNamespace(credential=credential, feed_tls=tls, cluster_id=CLUSTER, executor_id=0),
+                           name="worker:0")
     hub = FeedHub(node, [listener])
     hub.start()
-    yield hub, listener.getsockname()
+    return hub, listener.getsockname()
+
+
+@pytest.fixture(params=[True, False], ids=["tls", "plain"])
+def hub(request, monkeypatch, tmp_path):
+    hub, address = make_hub(monkeypatch, tmp_path, request.param)
+    yield hub, address, request.param
     hub.close()
 
 
-def connect(address):
-    return socket.create_connection(address, timeout=5)
+def feeder(address, tls: bool, credential: Credential = CRED, **fields) -> Feeder:
+    consumer = Consumer(executor_id=0, role="worker:0", host=address[0], feed_port=address[1])
+    return Feeder(cluster_id=CLUSTER, credential=credential, server_address="127.0.0.1:1", qname="input",
+                  epoch=fields.pop("epoch", 0), consumers=(consumer,), feed_timeout=5.0, local_mode=True,
+                  arrow=False, tls=tls, **fields)
+
+
+def feed(address, tls: bool, rows, **fields) -> int:
+    f = feeder(address, tls, **fields)
+    consumer, sock = f._connect(3)
+    with sock:
+        return f._train(sock, consumer, 3, iter(rows))
+
+
+def taken(hub, qname="input") -> list[int]:
+    """The rows queued for the node so far, taken out of the queue."""
+    queue = hub.queue(qname)
+    with queue.cond:
+        chunks = list(queue.chunks)
+        queue.chunks.clear()
+        queue.bytes = 0
+        queue.cond.notify_all()
+    return [int(i) for chunk in chunks for i in chunk.columns[0]]
+
+
+def connect(address, tls: bool):
+    sock = socket.create_connection(address, timeout=5)
+    if tls:
+        sock = CRED.ssl_context(server=False).wrap_socket(sock, server_hostname=TLS_NAME)
+    return sock
 
 
 def closed_by_peer(sock) -> bool:
     try:
         return sock.recv(1 << 16) == b"" or closed_by_peer(sock)
-    except ConnectionResetError:
+    except (ConnectionResetError, ssl.SSLError):
         return True
 
 
+def framed(obj) -> bytes:
+    raw = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+    return struct.pack(">Q", len(raw)) + raw
+
+
+def test_a_real_feeder_feeds_and_the_rows_arrive_once(hub):
+    hub, address, tls = hub
+    assert feed(address, tls, list(range(1000))) == 1000
+    assert taken(hub) == list(range(1000))
+
+
 def test_hostile_clients_are_dropped_before_any_allocation_and_the_node_keeps_feeding(hub):
-    hub, address = hub
+    hub, address, tls = hub
     tracemalloc.start()
     attacks = [
         struct.pack(">Q", 1 << 40),  # a header "of a terabyte"
         b"\xff" * 64,  # garbage
-        # a hello declaring a 1 GiB column, without the secret
-        (lambda raw: struct.pack(">Q", len(raw)) + raw)(json.dumps(
-            {"op": "hello", "qname": "input", "cols": [{"dtype": "<f8", "shape": [1 << 20, 128]}]}).encode()),
-        # the same after a correct-looking but wrong secret
-        (lambda raw: struct.pack(">Q", len(raw)) + raw)(json.dumps(
-            {"op": "hello", "secret": "guess", "qname": "input",
-             "cols": [{"dtype": "binary", "shape": [10], "nbytes": 1 << 40}]}).encode()),
+        framed({"op": "hello", "nonce": "0" * 32, "qname": "input",  # a hello declaring a 1 GiB column
+                "cols": [{"dtype": "<f8", "shape": [1 << 20, 128]}]}),
+        framed(b"[" * 65_000),  # nested past the JSON parser's depth
+        framed({"op": "hello", "nonce": "\ud800" * 32}),  # a nonce that is no string of hex
+        framed({"op": "hello", "nonce": "ab" * 16}) + framed({"op": "auth", "proof": "\ud800" * 64}),
+        framed({"op": "hello", "nonce": "ab" * 16}) + framed({"op": "auth", "proof": "0" * 64}),  # a wrong proof
+        framed({"op": "data", "cols": []}),  # data before any handshake
     ]
     for payload in attacks:
-        with connect(address) as sock:
+        with connect(address, tls) as sock:
             sock.sendall(payload)
             assert closed_by_peer(sock)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 16 << 20, f"{peak:,} bytes allocated for hostile clients"
-    # slow-loris: half a length prefix, then silence: dropped after TFOS_FEED_HELLO_TIMEOUT_SECS
-    with connect(address) as sock:
-        sock.sendall(b"\x00\x00\x00")
+    assert taken(hub) == []
+    assert feed(address, tls, list(range(10))) == 10  # the node still takes a real feed
+    assert taken(hub) == list(range(10))
+
+
+def test_a_trickled_hello_is_dropped_at_the_deadline_not_held_by_each_byte(hub):
+    hub, address, tls = hub  # TFOS_FEED_HELLO_TIMEOUT_SECS=0.5: one byte every 0.3 s never reaches it per recv
+    with connect(address, tls) as sock:
+        hello = framed({"op": "hello", "nonce": "ab" * 16, "qname": "input", "pad": "x" * 100})
         started = time.monotonic()
-        assert closed_by_peer(sock)
-        assert time.monotonic() - started < 4
-    # the node still takes a real feed
-    queue = hub.queue("input")
-    with connect(address) as sock:
-        send_frame(sock, {"op": "hello", "secret": SECRET, "qname": "input", "epoch": 0, "inference": False})
-        assert recv_frame(sock)[0]["op"] == "ready"
-        send_frame(sock, {"op": "data", "schema": {"multi": False, "names": None, "cols": []}},
-                   [np.arange(10, dtype=np.int64)])
-        send_frame(sock, {"op": "end"})
-        assert recv_frame(sock)[0] == {"op": "ack", "rows": 10}
-    pieces, _ = queue.take(10, within_epoch=False)
-    assert [int(i) for chunk, a, b in pieces for i in chunk.columns[0][a:b]] == list(range(10))
+        with pytest.raises(OSError):
+            for byte in hello:
+                sock.sendall(bytes([byte]))
+                time.sleep(0.3)
+            if closed_by_peer(sock):
+                raise ConnectionResetError
+        assert time.monotonic() - started < 3
 
 
-def test_many_silent_connections_do_not_pile_up(hub):
-    hub, address = hub
+def test_many_silent_connections_do_not_pile_up_and_excess_ones_are_closed_at_once(hub, monkeypatch):
+    hub, address, tls = hub
+    monkeypatch.setattr(_hub, "MAX_PENDING", 4)
     before = threading.active_count()
-    socks = [connect(address) for _ in range(20)]
+    socks = [socket.create_connection(address, timeout=5) for _ in range(12)]
     try:
+        time.sleep(0.2)
+        assert threading.active_count() <= before + 4, "more handshake threads than MAX_PENDING"
         deadline = time.monotonic() + 10
         while threading.active_count() > before and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert threading.active_count() <= before, "connection threads outlive the hello timeout"
+        assert threading.active_count() <= before, "connection threads outlive the hello deadline"
     finally:
         for sock in socks:
             sock.close()
+    assert feed(address, tls, [1, 2, 3]) == 3
+
+
+def test_the_accept_loop_survives_a_thread_that_cannot_start(hub, monkeypatch, caplog):
+    hub, address, tls = hub
+    real_start = threading.Thread.start
+    failures = {"left": 3}
+
+    def flaky_start(self):
+        if self.name == "tfos-feed-conn" and failures["left"]:
+            failures["left"] -= 1
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", flaky_start)
+    with caplog.at_level(logging.WARNING, logger="tfos.feed._hub"):
+        for _ in range(3):
+            with socket.create_connection(address, timeout=5) as sock:
+                assert closed_by_peer(sock)
+        assert feed(address, tls, [7, 8]) == 2
+    assert taken(hub) == [7, 8]
+    assert any("can't start new thread" in r.getMessage() for r in caplog.records)
+
+
+def test_malformed_hellos_give_one_log_line_and_no_traceback(hub, caplog):
+    hub, address, tls = hub
+    with caplog.at_level(logging.DEBUG, logger="tfos"):
+        for payload in (framed(b"[" * 65_000), framed({"op": "hello", "nonce": "\ud800"}), b"\x00" * 8):
+            with connect(address, tls) as sock:
+                sock.sendall(payload)
+                assert closed_by_peer(sock)
+        time.sleep(0.3)
+    lines = [r for r in caplog.records if r.name.startswith("tfos")]
+    assert len(lines) == 1, [r.getMessage() for r in lines]  # rate-limited: the others are counted
+    assert "refused a connection from 127.0.0.1" in lines[0].getMessage()
+    assert all(r.exc_info is None for r in lines)
+
+
+@pytest.mark.parametrize("plan, field", [
+    ({"first": "/../../../x", "epochs": 2, "shuffle": False, "seed": None}, "cache"),
+    ({"first": -1, "epochs": 2, "shuffle": False, "seed": None}, "cache"),
+    ({"first": 0, "epochs": 2, "shuffle": "yes", "seed": None}, "cache"),
+])
+def test_a_cache_plan_that_leaves_the_cache_directory_is_refused_and_nothing_is_written(hub, tmp_path, plan, field):
+    hub, address, tls = hub
+    outside = tmp_path / "x"
+    outside.mkdir()
+    (outside / "keep").write_text("mine")
+    with pytest.raises(TFOSError, match=f"field {field!r}"):
+        feed(address, tls, list(range(100)), cache_plan=plan, epoch_rows=100)
+    hub.close()
+    assert (outside / "keep").read_text() == "mine" and os.listdir(outside) == ["keep"]
+    assert taken(hub) == []
+
+
+def test_cache_directories_and_spill_files_are_the_owners_only(monkeypatch, tmp_path):
+    monkeypatch.setenv("TFOS_FEED_CACHE_BYTES", "1")  # everything spills to disk
+    hub, address = make_hub(monkeypatch, tmp_path, tls=True)
+    try:
+        plan = {"first": 0, "epochs": 2, "shuffle": False, "seed": None}
+        assert feed(address, True, list(range(100)), cache_plan=plan, epoch_rows=100) == 100
+        hub.queue("input").cache.seal()  # the epoch is all here: its rows go to a block, on disk
+        root = cache_dir(CLUSTER, 0)
+        modes = {}
+        for where, dirs, files in os.walk(root):
+            modes[where] = os.stat(where).st_mode & 0o777
+            for name in files:
+                modes[os.path.join(where, name)] = os.stat(os.path.join(where, name)).st_mode & 0o777
+        assert any(path.endswith(".npy") for path in modes), modes
+        assert {mode for path, mode in modes.items() if path.endswith(".npy")} == {0o600}
+        assert {mode for path, mode in modes.items() if not path.endswith(".npy")} == {0o700}
+    finally:
+        hub.close()
+
+
+def test_a_feeder_with_another_clusters_key_gets_nowhere_and_a_fake_node_gets_no_rows(hub, monkeypatch, tmp_path):
+    hub, address, tls = hub
+    with pytest.raises((AuthError, NodeGone)):
+        f = feeder(address, tls, credential=Credential.make())
+        f._connect(0)
+    assert taken(hub) == []
+    # A fake node on another port: it answers the hello with a made-up proof; the feeder sends no data.
+    fake, fake_address = make_hub(monkeypatch, tmp_path / "fake", tls, credential=Credential.make())
+    try:
+        with pytest.raises((AuthError, NodeGone)):
+            feed(fake_address, tls, list(range(10)))
+        assert taken(fake) == []
+    finally:
+        fake.close()
+
+
+class Relay:
+    """A TCP relay between a feeder and the node that records both directions, as an observer on the path would."""
+
+    def __init__(self, target):
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = self.listener.getsockname()
+        self.upstream, self.downstream = bytearray(), bytearray()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        client, _ = self.listener.accept()
+        server = socket.create_connection(self.target)
+        threads = [threading.Thread(target=self._pump, args=(client, server, self.upstream), daemon=True),
+                   threading.Thread(target=self._pump, args=(server, client, self.downstream), daemon=True)]
+        for t in threads:
+            t.start()
+
+    @staticmethod
+    def _pump(src, dst, record):
+        try:
+            while data := src.recv(1 << 16):
+                record += data
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+
+def secrets_of(credential: Credential) -> list[bytes]:
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(credential.key_pem, password=None)
+    scalar = key.private_numbers().private_value.to_bytes(32, "big")
+    token = feed_token(credential)
+    body = b"".join(credential.key_pem.splitlines()[1:-1])
+    return [scalar, token, token.hex().encode(), body[:40], credential.key_pem]
+
+
+def test_a_recording_relay_sees_no_key_and_a_replayed_session_adds_no_rows(hub):
+    hub, address, tls = hub
+    relay = Relay(address)
+    assert feed(relay.address, tls, list(range(500))) == 500
+    assert taken(hub) == list(range(500))
+    time.sleep(0.2)
+    recorded = bytes(relay.upstream) + bytes(relay.downstream)
+    assert len(relay.upstream) > 500 * 8
+    for secret in secrets_of(CRED):
+        assert secret not in recorded
+    if tls:  # the rows themselves are encrypted
+        assert np.arange(500, dtype=np.int64).tobytes()[8:64] not in recorded
+    for _ in range(2):  # replay what the feeder sent, byte for byte
+        with socket.create_connection(address, timeout=5) as sock:
+            try:
+                sock.sendall(bytes(relay.upstream))
+                closed_by_peer(sock)
+            except OSError:
+                pass
+    time.sleep(0.3)
+    assert taken(hub) == [], "a replayed feed session delivered rows"

@@ -481,7 +481,11 @@ class FeedHub:
                                                                              reply.get("proof")):
             send_frame(sock, {"op": FeedOp.ERROR, "message": "the feeder did not prove it holds this cluster's key"})
             raise AuthError("no proof of the cluster's key")
-        return sock, _checked_hello(hello)
+        try:
+            return sock, _checked_hello(hello)
+        except ProtocolError as exc:  # a peer with the key: tell it what is wrong
+            send_frame(sock, {"op": FeedOp.ERROR, "message": str(exc)})
+            raise
 
     def _serve_feeder(self, sock: socket.socket, hello: dict[str, Any]) -> None:
         sock.settimeout(None)  # a feeding task may wait on back-pressure for as long as the node reads
