@@ -14,10 +14,10 @@ import argparse
 import threading
 import time
 
-from tfos._rpc import ControlClient
-from tfos.driver._server import ControlServer
 from tfos._roles import cluster_template
+from tfos._rpc import ControlClient
 from tfos._security import Credential
+from tfos.driver._server import ControlServer
 
 CRED = Credential.make()
 

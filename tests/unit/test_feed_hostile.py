@@ -23,7 +23,6 @@ from tfos.errors import AuthError, TFOSError
 from tfos.feed import _hub
 from tfos.feed._feeder import Consumer, Feeder, NodeGone
 from tfos.feed._hub import FeedHub
-from tfos.feed._protocol import recv_frame, send_frame
 
 CRED = Credential.make()
 CLUSTER = "c0ffee" * 6

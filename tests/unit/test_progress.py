@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
+from tfos._roles import cluster_template
 from tfos.driver._progress import ProgressView, Rates, format_metrics, node_rows, progress_mode
 from tfos.driver._server import ControlServer
-from tfos._roles import cluster_template
 
 
 def server_with_nodes() -> ControlServer:

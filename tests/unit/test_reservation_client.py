@@ -9,10 +9,10 @@ import stat
 import pytest
 
 import tfos
+from tfos._security import Credential, RunSigner, new_run_id
 from tfos.cli._reserve import format_nodes, spark_settings
 from tfos.driver import _attach
 from tfos.driver._attach import Handle, read_handle, write_handle
-from tfos._security import Credential, RunSigner, new_run_id
 from tfos.executor._bootstrap import open_signed
 
 CRED = Credential.make()

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
+from tfos._roles import cluster_template
 from tfos._rpc import ControlClient
 from tfos.driver._supervisor import TRANSITIONS, ClusterState, Generation, Supervisor, describe
-from tfos._roles import cluster_template
 from tfos.errors import NodeError, ReservationTimeoutError, TFOSError
 
 S = ClusterState

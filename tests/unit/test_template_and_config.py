@@ -2,8 +2,8 @@ import pytest
 
 from tfos import InputMode, TFOSConfigError
 from tfos._paths import absolute_path
-from tfos.config import ClusterConfig
 from tfos._roles import cluster_spec, cluster_template, tf_config
+from tfos.config import ClusterConfig
 
 
 def main_fun(args, ctx):
