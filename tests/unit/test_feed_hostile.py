@@ -217,7 +217,7 @@ def test_cache_directories_and_spill_files_are_the_owners_only(monkeypatch, tmp_
         hub.queue("input").cache.seal()  # the epoch is all here: its rows go to a block, on disk
         root = cache_dir(CLUSTER, 0)
         modes = {}
-        for where, dirs, files in os.walk(root):
+        for where, _dirs, files in os.walk(root):
             modes[where] = os.stat(where).st_mode & 0o777
             for name in files:
                 modes[os.path.join(where, name)] = os.stat(os.path.join(where, name)).st_mode & 0o777
