@@ -15,7 +15,7 @@ import pytest
 from tfos._roles import cluster_template
 from tfos._rpc import ControlClient
 from tfos.driver._supervisor import TRANSITIONS, ClusterState, Generation, Supervisor, describe
-from tfos.errors import NodeError, ReservationTimeoutError, TFOSError
+from tfos.errors import AuthError, NodeError, ReservationTimeoutError, TFOSError
 
 S = ClusterState
 
@@ -137,6 +137,13 @@ def test_node_failure_restarts_every_node_in_a_new_generation():
     sup.start()
     wait_for(lambda: sup.generation.number == 2 and sup.state is S.RUNNING)
     assert sup.restarts == 1 and sup.failure is None and jobs.started[0].stopped
+    # each generation has its own key: a node of the failed one cannot reach the new control server
+    first, second = jobs.started
+    assert first.credential != second.credential
+    stale = ControlClient(second.address, first.credential)
+    with pytest.raises(AuthError):
+        stale.call("Poll", {"executor_id": 0, "seq": 0}, timeout=5)
+    stale.close()
     sup.begin_stop()
     sup.teardown("done")
     assert sup.state is S.STOPPED
