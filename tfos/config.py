@@ -44,6 +44,9 @@ class ClusterConfig:
     num_gpus: int = 0
     progress: bool | None = None
     keras: int | None = None
+    export_dir: str | None = None
+    mlflow: bool | None = None
+    mlflow_run: Any = None
 
     def __post_init__(self) -> None:
         if not callable(self.main_fun):
@@ -78,6 +81,14 @@ class ClusterConfig:
         if self.progress not in (None, True, False):
             raise TFOSConfigError(f"progress must be None (a live view on a terminal), True or False; "
                                   f"got {self.progress!r}")
+        if self.export_dir is not None and (not isinstance(self.export_dir, str) or not self.export_dir):
+            raise TFOSConfigError(f"export_dir must be a path (str) every node and the driver can reach, or None; "
+                                  f"got {self.export_dir!r}")
+        if self.mlflow not in (None, True, False):
+            raise TFOSConfigError(f"mlflow must be True (log to MLflow), False (never) or None (log when an MLflow "
+                                  f"run is active on the driver); got {self.mlflow!r}")
+        if self.mlflow is False and self.mlflow_run is not None:
+            raise TFOSConfigError("mlflow=False contradicts mlflow_run=...: drop one of them")
         if not isinstance(self.reservation_timeout, numbers.Real) or self.reservation_timeout <= 0:
             raise TFOSConfigError(
                 f"reservation_timeout must be a positive number of seconds; got {self.reservation_timeout!r}"

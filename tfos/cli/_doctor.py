@@ -36,6 +36,19 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def mlflow_check() -> tuple[str, str | None]:
+    """(report line, problem or None) for MLflow tracking, an optional extra: missing is fine, broken is not."""
+    version = _version("mlflow") or _version("mlflow-skinny")
+    if version is None:
+        return "mlflow: not installed (optional, for tfos.run(mlflow=True): pip install 'tfos[mlflow]')", None
+    try:
+        import mlflow  # noqa: F401 - importable, with the versions of its dependencies installed here
+    except Exception as exc:  # noqa: BLE001 - any import failure is the finding
+        return (f"mlflow: {version}, does not import", f"mlflow {version} is installed but fails to import "
+                f"({type(exc).__name__}: {exc}); tfos.run(mlflow=True) cannot work. Fix: pip install 'tfos[mlflow]'")
+    return f"mlflow: {version} (tfos.run(mlflow=True) can track runs)", None
+
+
 def settings_problems(conf: dict[str, str]) -> list[str]:
     """Problems with Spark settings that break tfos's reservation, each with its fix."""
     problems = []
@@ -72,6 +85,9 @@ def doctor(extra_conf: list[str]) -> int:
         report.append(f"{dist}: {version or 'not installed'}")
         if version is None or not version.startswith(prefix):
             problems.append(f"{dist} {version or 'missing'}: tfos needs {prefix}x. Fix: {fix}")
+    line, problem = mlflow_check()
+    report.append(line)
+    problems += [problem] if problem else []
     python = os.environ.get("PYSPARK_PYTHON")
     report.append(f"PYSPARK_PYTHON: {python or f'unset (tfos uses {sys.executable})'}")
     conf = spark_defaults()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import signal
 import sys
 import threading
@@ -19,10 +20,11 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from tfos._paths import absolute_path, local_path
 from tfos._roles import cluster_template
 from tfos._security import feed_tls
 from tfos.config import ClusterConfig, InputMode
-from tfos.driver import _spark
+from tfos.driver import _mlflow, _spark
 from tfos.driver._feeding import Feeding
 from tfos.driver._metrics import serve_metrics
 from tfos.driver._progress import ProgressView, Rates, node_rows, progress_mode
@@ -41,7 +43,8 @@ def run(sc: SparkContext, main_fun: Callable[[Any, Any], Any], tf_args: Any, num
         tensorboard: bool = False, input_mode: InputMode = InputMode.TENSORFLOW, log_dir: str | None = None,
         master_node: str | None = "chief", eval_node: bool = False, reservation_timeout: float = 600,
         release_port: bool = True, max_restarts: int = 0, num_gpus: int = 0,
-        progress: bool | None = None, keras: int | None = None) -> Cluster:
+        progress: bool | None = None, keras: int | None = None, export_dir: str | None = None,
+        mlflow: bool | None = None, mlflow_run: Any = None) -> Cluster:
     """Starts a TensorFlow cluster with one node per Spark executor.
 
     Args:
@@ -72,6 +75,15 @@ def run(sc: SparkContext, main_fun: Callable[[Any, Any], Any], tf_args: Any, num
         keras: what ``tf.keras`` is on the nodes: 2 (tf-keras, ``TF_USE_LEGACY_KERAS=1``) or 3
             (Keras 3, TensorFlow's own default; train it with ``tfos.keras``). None: tf-keras
             unless the executors' environment sets ``TF_USE_LEGACY_KERAS``.
+        export_dir: a directory every node and the driver can reach (shared or Hadoop filesystem),
+            given to main_fun as ``ctx.export_dir``: the chief saves its model there (e.g.
+            ``model.save(os.path.join(ctx.export_dir, "model.keras"))``) for MLflow tracking to log.
+        mlflow: log this job to one MLflow run (``pip install 'tfos[mlflow]'``): params, every
+            node's reported metrics, node memory and rows/s, restarts and failures, and the model
+            in ``export_dir``. None (default): only when an MLflow run is active on the driver,
+            which is then the run used. See :mod:`tfos.driver._mlflow`.
+        mlflow_run: the MLflow run (or run id) to log to; implies ``mlflow=True``. A run tfos
+            starts itself is ended when the cluster stops; a given or active run is left open.
 
     Returns:
         The running Cluster; also a context manager that shuts it down on exit.
@@ -85,7 +97,7 @@ def run(sc: SparkContext, main_fun: Callable[[Any, Any], Any], tf_args: Any, num
                            input_mode=input_mode, log_dir=log_dir, master_node=master_node, eval_node=eval_node,
                            reservation_timeout=reservation_timeout, release_port=release_port,
                            max_restarts=max_restarts, num_gpus=num_gpus, progress=progress,
-                           keras=keras)
+                           keras=keras, export_dir=export_dir, mlflow=mlflow, mlflow_run=mlflow_run)
     cluster = Cluster(sc, config, tf_args)
     _exit_on_sigterm()
     cluster._start()
@@ -98,9 +110,14 @@ class Cluster:
     def __init__(self, sc: SparkContext, config: ClusterConfig, tf_args: Any) -> None:
         self.sc = sc
         self.config = config
+        export_uri = None if config.export_dir is None else absolute_path(config.export_dir, _spark.default_fs(sc),
+                                                                          os.getcwd())
+        self._tracker = _mlflow.tracker_for(config, tf_args, export_uri)  # fails early without mlflow
         self.template = cluster_template(config.num_executors, config.num_ps, config.master_node, config.eval_node)
         local_mode = _spark.preflight(sc, config.num_executors)
-        main = _pickle_main(config.main_fun, tf_args)
+        main_fun = config.main_fun if export_uri is None else _mlflow.with_export_dir(config.main_fun,
+                                                                                      local_path(export_uri))
+        main = _pickle_main(main_fun, tf_args)
         tls = feed_tls()
         jobs = SparkNodeJobs(sc, f"tfos nodes: {describe(self.template.values())}", lambda gen: NodeLauncher(
             cluster_id=gen.cluster_id, server_address=gen.address, credential=gen.credential,
@@ -137,6 +154,16 @@ class Cluster:
     def job_group(self) -> str:
         """The Spark job group of the nodes' job; feeding jobs use ``job_group + "-feed"``."""
         return self._supervisor.generation.job_group
+
+    @property
+    def mlflow_run_id(self) -> str | None:
+        """The MLflow run this cluster logs to, or None when not tracked."""
+        return self._tracker.run_id if self._tracker is not None else None
+
+    @property
+    def mlflow_model_uri(self) -> str | None:
+        """URI of the chief's model logged to MLflow (for ``mlflow.pyfunc.load_model``) once the cluster stopped."""
+        return self._tracker.model_uri if self._tracker is not None else None
 
     @property
     def cluster_spec(self) -> dict[str, list[str]]:
@@ -315,6 +342,9 @@ class Cluster:
         if metrics is not None:
             self.metrics_port = metrics.port
             sup.on_teardown(metrics.stop)
+        if self._tracker is not None:
+            self._tracker.start(sup, describe(self.template.values()))
+            sup.on_teardown(self._tracker.finish)
         try:
             sup.start()
         except BaseException:  # incl. Ctrl-C while nodes register: stop what was started

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -23,6 +24,9 @@ class NodeContext:
         cluster_info: one dict per node (role, host, ports); no secrets.
         default_fs: Hadoop's default filesystem, e.g. ``file:///`` or ``hdfs://nn:8020``.
         working_dir: the executor's working directory.
+        export_dir: where the chief saves the trained model for tfos to log to MLflow
+            (``tfos.run(..., export_dir=...)``; a local path when on the local filesystem), e.g.
+            ``model.save(os.path.join(ctx.export_dir, "model.keras"))``; None when not set.
     """
 
     def __init__(self, *, executor_id: int, job_name: str, task_index: int, cluster_spec: dict[str, list[str]],
@@ -39,6 +43,7 @@ class NodeContext:
         self.num_workers = sum(len(cluster_spec.get(job, [])) for job in ("chief", "master", "worker"))
         self.default_fs = default_fs
         self.working_dir = working_dir
+        self.export_dir: str | None = None
         self._port_socket = port_socket
         self._feeds = feeds
         self._on_serving = on_serving
@@ -103,3 +108,12 @@ class NodeContext:
 
     def __repr__(self) -> str:
         return f"NodeContext({self.job_name}:{self.task_index}, executor_id={self.executor_id})"
+
+
+def run_with_export_dir(main_fun: Callable[[Any, Any], Any], export_dir: str, args: Any, ctx: NodeContext) -> Any:
+    """Runs ``main_fun(args, ctx)`` with ``ctx.export_dir`` set; ``tfos.run(export_dir=...)`` wraps main_fun in it."""
+    if "://" not in export_dir:  # Keras saves into an existing directory only
+        is_file = export_dir.endswith((".keras", ".h5"))  # TFEstimator's export_dir may name a model file
+        os.makedirs(os.path.dirname(export_dir) if is_file else export_dir, exist_ok=True)
+    ctx.export_dir = export_dir
+    return main_fun(args, ctx)

@@ -203,7 +203,7 @@ class TFEstimator(TunableMixin, Estimator, TFParams, MLReadable, MLWritable):
         cluster = run(sc, self._main(), tf_args, self.getOrDefault(self.cluster_size),
                       num_ps=self.getOrDefault(self.num_ps), tensorboard=self.getOrDefault(self.tensorboard),
                       input_mode=mode, log_dir=self.getOrDefault(self.model_dir),
-                      master_node=self.getOrDefault(self.master_node) or None)
+                      master_node=self.getOrDefault(self.master_node) or None, export_dir=self._tracked_export())
         with cluster:
             if mode == InputMode.SPARK:
                 cluster.train(data, num_epochs=self.getOrDefault(self.epochs))
@@ -212,6 +212,19 @@ class TFEstimator(TunableMixin, Estimator, TFParams, MLReadable, MLWritable):
             export_fn = self.export_fn
             sc.parallelize([0], 1).foreach(lambda _: export_fn(tf_args))
         return self._fitted_model()
+
+    def _tracked_export(self) -> str | None:
+        """export_dir for MLflow to log the chief's model from, when an MLflow run is active on the driver.
+
+        Only a path the driver resolves as the nodes do (absolute or a URI), and not when
+        ``export_fn`` writes the model after the cluster stopped (MLflow logs it at the stop).
+        """
+        from tfos.driver._mlflow import active_run_id
+
+        path = self.getOrDefault(self.export_dir)
+        if not path or self.export_fn is not None or active_run_id() is None:
+            return None
+        return path if os.path.isabs(path) or "://" in path else None
 
     def _fitted_model(self) -> TFModel:
         """The TFModel of this fit: the shared params copied, ``model_input_mapping`` as its input mapping."""
