@@ -272,8 +272,134 @@ def test_a_model_of_two_outputs_is_refused_by_the_predictor(spark, images, tmp_p
     path = str(tmp_path / "two.keras")
     keras.Model(inputs, [keras.layers.Dense(2, name="a")(pooled), keras.layers.Dense(3, name="b")(pooled)]).save(path)
     df = spark.read.format("binaryFile").load(images).limit(2)
-    with pytest.raises(Exception, match=r"two\.keras has 2 outputs \['a', 'b'\]; DeepPredictor gives one"):
+    with pytest.raises(Exception, match=r"two\.keras has 2 outputs \['a', 'b'\]; set outputName to the one"):
         DeepPredictor(inputCol="content", modelPath=path).transform(df).collect()
+    # outputName picks one: the same numbers as that output of the model run locally
+    local = keras.models.load_model(path)
+    rows = DeepPredictor(inputCol="content", modelPath=path, outputName="b").transform(df).collect()
+    pixels = np.stack([local_pixels(r.path[len("file:"):]) for r in rows])
+    np.testing.assert_allclose([r.prediction for r in rows], np.asarray(local(pixels)[1]), rtol=1e-5, atol=1e-6)
+
+
+def two_output_signatures(tmp_path):
+    """A SavedModel (not Keras) whose serving signature gives logits and probabilities, and an 'embed' signature."""
+    import tensorflow as tf
+
+    weights = tf.constant(np.random.default_rng(5).normal(size=(3, 3)), tf.float32)
+    spec = tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32, name="pixels")
+
+    class Classifier(tf.Module):
+        @tf.function(input_signature=[spec])
+        def serve(self, pixels):
+            logits = tf.matmul(tf.reduce_mean(pixels, axis=[1, 2]) / 255.0, weights)
+            return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
+
+        @tf.function(input_signature=[spec])
+        def embed(self, pixels):
+            return {"embedding": tf.reduce_max(pixels, axis=[1, 2]) / 255.0}
+
+    module = Classifier()
+    path = str(tmp_path / "two_outputs")
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve, "embed": module.embed})
+    return path
+
+
+def test_savedmodel_signature_and_output_are_chosen_never_guessed(spark, images, tmp_path):
+    """sparkdl let users name the signature and output; a signature of several outputs needs outputName."""
+    import tensorflow as tf
+
+    from tfos.ml import DeepFeaturizer, DeepPredictor
+
+    path = two_output_signatures(tmp_path)
+    files, batch = local_batch(images)
+    loaded = tf.saved_model.load(path)
+    served = loaded.signatures["serving_default"](pixels=tf.constant(batch))
+    probabilities = dict(zip(files, served["probabilities"].numpy()))
+    embedding = dict(zip(files, loaded.signatures["embed"](pixels=tf.constant(batch))["embedding"].numpy()))
+    binary = spark.read.format("binaryFile").load(images).select("path", "content")
+
+    with pytest.raises(Exception, match=r"signature 'serving_default' of model \S+two_outputs has 2 outputs "
+                                        r"\['logits', 'probabilities'\]; set outputName"):
+        DeepPredictor(inputCol="content", modelPath=path, topK=2).transform(binary).collect()
+
+    rows = DeepPredictor(inputCol="content", modelPath=path, outputName="probabilities", topK=2,
+                         labels=NAMES).transform(binary).collect()
+    got = by_name(rows, "path", "prediction")
+    assert sorted(got) == files
+    for row in rows:
+        expected = probabilities[os.path.basename(row.path)]
+        np.testing.assert_allclose(row.prediction, expected, rtol=1e-5, atol=1e-6)
+        assert [t.probability for t in row.topK] == pytest.approx(np.sort(expected)[::-1][:2], rel=1e-5)
+
+    featurizer = DeepFeaturizer(inputCol="content", modelPath=path, signatureDefKey="embed")
+    got = by_name(featurizer.transform(binary).collect(), "path", "features")
+    for name in files:
+        np.testing.assert_allclose(got[name], embedding[name], rtol=1e-5, atol=1e-6)
+    logits = by_name(featurizer.setSignatureDefKey("serving_default").setOutputName("logits").transform(binary)
+                     .collect(), "path", "features")
+    for name, value in zip(files, served["logits"].numpy()):
+        np.testing.assert_allclose(logits[name], value, rtol=1e-5, atol=1e-6)
+
+    with pytest.raises(Exception, match=r"has no output 'probs'; its outputs are \['logits', 'probabilities'\]"):
+        DeepPredictor(inputCol="content", modelPath=path, outputName="probs").transform(binary).collect()
+    with pytest.raises(Exception, match=r"has no signature 'serve'; it has \['embed', 'serving_default'\]"):
+        DeepPredictor(inputCol="content", modelPath=path, signatureDefKey="serve").transform(binary).collect()
+
+
+def test_image_loader_reproduces_a_users_own_load_and_resize(spark, images, keras3_model, tmp_path):
+    """sparkdl's imageLoader: the user's own loading and resizing, run on the executors, reaches the model as is."""
+    import io
+
+    import keras
+
+    from tfos.ml import DeepFeaturizer, DeepPredictor
+
+    root = tmp_path / "small"
+    root.mkdir()
+    rng = np.random.default_rng(6)
+    for k in range(5):  # 24x24 files for a 32x32 model: Keras' nearest-neighbour resize, not tfos's bilinear one
+        write_png(root / f"small-{k}.png", rng.integers(0, 256, size=(24, 24, 3), dtype=np.uint8))
+    (root / "broken.png").write_bytes(b"not an image")
+
+    def load_path(path):
+        img = keras.utils.load_img(path, target_size=(SIZE, SIZE))
+        return keras.utils.img_to_array(img)
+
+    def load_bytes(data):
+        return keras.utils.img_to_array(keras.utils.load_img(io.BytesIO(data), target_size=(SIZE, SIZE)))[None]
+
+    model = keras.models.load_model(keras3_model)
+    paths = sorted(str(p) for p in root.glob("small-*.png"))
+    expected = dict(zip(paths, np.asarray(model(np.stack([load_path(p) for p in paths])))))
+
+    df = spark.createDataFrame([(p,) for p in paths], ["file"]).repartition(2)
+    rows = DeepPredictor(inputCol="file", modelPath=keras3_model, imageLoader=load_path).transform(df).collect()
+    assert sorted(r.file for r in rows) == paths
+    for row in rows:
+        np.testing.assert_allclose(row.prediction, expected[row.file], rtol=1e-5, atol=1e-6)
+
+    binary = spark.read.format("binaryFile").load(str(root))
+    predictor = DeepPredictor(inputCol="content", modelPath=keras3_model, imageLoader=load_bytes, errorCol="error")
+    rows = predictor.transform(binary).collect()
+    assert len(rows) == 6
+    for row in rows:
+        if row.path.endswith("broken.png"):
+            assert row.prediction is None and "broken.png could not be used: imageLoader raised" in row.error
+        else:
+            np.testing.assert_allclose(row.prediction, expected[row.path[len("file:"):]], rtol=1e-5, atol=1e-6)
+
+    features = DeepFeaturizer(inputCol="file", modelPath=keras3_model, imageLoader=load_path).transform(df)
+    pool = keras.Model(model.input, model.get_layer("pool").output)
+    local = dict(zip(paths, np.asarray(pool(np.stack([load_path(p) for p in paths])))))
+    for row in features.collect():
+        np.testing.assert_allclose(row.features.toArray(), local[row.file], rtol=1e-5, atol=1e-6)
+
+    def wrong_size(path):
+        return np.zeros((SIZE, SIZE + 1, 3))
+
+    with pytest.raises(Exception, match=r"small-\d\.png could not be used: imageLoader returned an array of shape "
+                                        r"\(32, 33, 3\); the model takes \(32, 32, 3\)"):
+        DeepPredictor(inputCol="file", modelPath=keras3_model, imageLoader=wrong_size).transform(df).collect()
 
 
 def test_missing_weights_and_bad_settings_fail_on_the_driver_before_any_job(sc, spark, images, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -90,6 +91,65 @@ def test_sql_function_on_image_binary_and_array_columns(spark, models, tmp_path)
     rows = spark.sql("SELECT path, head(digit_bytes(content)) AS h FROM files").collect()
     by_name = {os.path.basename(r.path): r.h for r in rows}
     np.testing.assert_allclose([by_name[f"img-{k:03d}.png"] for k in range(6)], heads, rtol=1e-4, atol=1e-4)
+
+
+def test_sql_function_from_keras_model_objects(spark, models, tmp_path):
+    """sparkdl's registerKerasImageUDF(name, model): an in-memory model, saved and shipped behind the scenes."""
+    import keras
+    import tf_keras
+
+    from tfos.ml import register_model_udf
+
+    root = str(tmp_path / "images")
+    pixels = write_pngs(root, 20, 5)
+    probs, flat, heads = local_outputs(models, pixels)
+    classifier, head = (keras.models.load_model(p) for p in models)
+    register_model_udf(spark, "object_probs", classifier, input="binary", batch_size=2)
+    register_model_udf(spark, "object_flat", classifier, input="binary", layer="flat")
+    register_model_udf(spark, "object_head", head, input="array")  # input shape read from the object
+    tf_keras.utils.set_random_seed(4)
+    legacy = tf_keras.Sequential([tf_keras.Input((3,)), tf_keras.layers.Dense(2, name="y")])
+    register_model_udf(spark, "legacy_head", legacy, input="array")
+    spark.read.format("binaryFile").load(root).createOrReplaceTempView("object_files")
+
+    rows = spark.sql("SELECT path, object_probs(content) AS p, object_flat(content) AS f, "
+                     "object_head(object_probs(content)) AS h, legacy_head(object_probs(content)) AS l "
+                     "FROM object_files").collect()
+    by_name = {os.path.basename(r.path): r for r in rows}
+    order = [by_name[f"img-{k:03d}.png"] for k in range(20, 25)]
+    np.testing.assert_allclose([r.p for r in order], probs, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose([r.f for r in order], flat, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose([r.h for r in order], heads, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose([r.l for r in order], legacy(probs.astype(np.float32)).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_sql_function_names_a_bad_file_by_its_path_without_mentioning_error_col(spark, models, tmp_path):
+    from tfos.ml import register_model_udf
+
+    root = str(tmp_path / "images")
+    pixels = write_pngs(root, 30, 2)
+    with open(os.path.join(root, "broken.png"), "wb") as f:
+        f.write(b"\x89PNG not really")
+    probs, _, _ = local_outputs(models, pixels)
+    register_model_udf(spark, "checked_bytes", models[0], input="binary")
+    spark.read.format("binaryFile").load(root).createOrReplaceTempView("checked_files")
+
+    with pytest.raises(Exception) as unnamed:
+        spark.sql("SELECT checked_bytes(content) FROM checked_files").collect()
+    message = str(unnamed.value)
+    assert "could not be used: TensorFlow cannot decode" in message and "errorCol" not in message
+    assert "checked_bytes(struct(content, path))" in message  # how to have the file named
+
+    with pytest.raises(Exception) as named:
+        spark.sql("SELECT checked_bytes(struct(content, path)) FROM checked_files").collect()
+    message = str(named.value)
+    assert re.search(r"image file:\S*/broken\.png could not be used: TensorFlow cannot decode", message), message
+    assert "errorCol" not in message
+
+    rows = spark.sql("SELECT path, checked_bytes(struct(content, path)) AS p FROM checked_files "
+                     "WHERE path NOT LIKE '%broken.png'").collect()
+    got = {os.path.basename(r.path): r.p for r in rows}
+    np.testing.assert_allclose([got["img-030.png"], got["img-031.png"]], probs, rtol=1e-4, atol=1e-5)
 
 
 def test_sql_function_names_the_bad_setting(spark, models):

@@ -2,7 +2,8 @@
 
 Both take a column of Spark's ``image`` data source or of raw file bytes (``binaryFile``'s
 ``content``), decode and resize the images on the executors (see :mod:`tfos.ml._images`),
-and append their outputs to the DataFrame, keeping every input column:
+or hand each path / file's bytes to the user's own ``imageLoader`` there, and append their
+outputs to the DataFrame, keeping every input column:
 
 * :class:`DeepFeaturizer` appends an inner layer's output as a Spark ML vector, ready for
   ``LogisticRegression`` (transfer learning);
@@ -10,9 +11,10 @@ and append their outputs to the DataFrame, keeping every input column:
   best classes and their probabilities.
 
 The model is a Keras file or SavedModel (``modelPath``) or a ``keras.applications``
-architecture (``modelName``) with weights from ``weightsPath``. Each Python worker loads
-it once and keeps it for later partitions and jobs. Both are Spark ML transformers: they
-go into a ``Pipeline`` and save / load with it.
+architecture (``modelName``) with weights from ``weightsPath``; ``signatureDefKey`` runs a
+SavedModel's signature and ``outputName`` chooses one output of several. Each Python worker
+loads it once and keeps it for later partitions and jobs. Both are Spark ML transformers:
+they go into a ``Pipeline`` and save / load with it.
 """
 
 from __future__ import annotations
@@ -45,6 +47,17 @@ def _to_function(value: Any) -> Any:
     if value is not None and not callable(value):
         raise TypeError(f"expected a function of a batch (numpy float32, rows first), got {value!r}")
     return value
+
+
+def _to_loader(value: Any) -> Any:
+    if value is not None and not callable(value):
+        raise TypeError(f"expected imageLoader to be a function of a path or of file bytes returning an array of "
+                        f"pixels, got {value!r}")
+    return value
+
+
+#: Params holding functions: pickled apart from the Spark ML metadata when saved.
+_FUNCTION_PARAMS = ("preprocess", "imageLoader")
 
 
 def _with_accessors(cls: type) -> type:
@@ -91,6 +104,14 @@ class _DeepParams(HasInputCol, HasOutputCol):
                        "preprocess_input for modelName", _to_function)
     errorCol = Param(Params._dummy(), "errorCol", "if set, images that cannot be decoded get a null output and "
                      "the reason in this column instead of failing the job", TypeConverters.toString)
+    imageLoader = Param(Params._dummy(), "imageLoader", "function of a path (a string inputCol) or of file bytes "
+                        "(a binary inputCol) returning the pixels the model takes, (height, width, channels) "
+                        "float32; runs on the executors instead of tfos's decode and resize", _to_loader)
+    signatureDefKey = Param(Params._dummy(), "signatureDefKey", "signature of a SavedModel (modelPath) to run, "
+                            "e.g. serving_default; default: a Keras model if the directory holds one, else "
+                            "serving_default", TypeConverters.toString)
+    outputName = Param(Params._dummy(), "outputName", "the output to take from a model or signature of several "
+                       "outputs (required then)", TypeConverters.toString)
 
     def setInputCol(self, value: str) -> Any:  # noqa: N802 - Spark ML's naming
         """Sets param ``inputCol``."""
@@ -109,11 +130,12 @@ class _DeepParams(HasInputCol, HasOutputCol):
         return ModelSource(model_path=qualified(path) if path else None,
                            model_name=self.getOrDefault(self.modelName),
                            weights_path=qualified(weights) if weights else None,
-                           model_args=tuple(sorted((k, _frozen(v)) for k, v in args.items())))
+                           model_args=tuple(sorted((k, _frozen(v)) for k, v in args.items())),
+                           signature=self.getOrDefault(self.signatureDefKey))
 
     def _validate(self, dataset: Any) -> tuple[ModelSource, str | None]:
         """Driver-side checks before any job; returns the model source and the path column to report."""
-        from pyspark.sql.types import BinaryType
+        from pyspark.sql.types import BinaryType, StringType
 
         from tfos.ml._images import is_image_struct
 
@@ -125,13 +147,21 @@ class _DeepParams(HasInputCol, HasOutputCol):
         if column not in dataset.columns:
             raise TFOSConfigError(f"inputCol {column!r} is not a column of the DataFrame (it has {dataset.columns})")
         data_type = dataset.schema[column].dataType
+        if self.getOrDefault(self.imageLoader) is not None:
+            if isinstance(data_type, StringType):
+                return source, None
+            if isinstance(data_type, BinaryType):
+                return source, "path" if "path" in dataset.columns else None
+            raise TFOSConfigError(f"inputCol {column!r} has type {data_type.simpleString()}; imageLoader takes a "
+                                  "string column of paths or the bytes of spark.read.format('binaryFile') (column "
+                                  "'content')")
         if is_image_struct(data_type):
             return source, None
         if isinstance(data_type, BinaryType):
             return source, "path" if "path" in dataset.columns else None
         raise TFOSConfigError(f"inputCol {column!r} has type {data_type.simpleString()}; expected the struct of "
                               "spark.read.format('image') or the bytes of spark.read.format('binaryFile') "
-                              "(column 'content')")
+                              "(column 'content'), or with imageLoader=fn a string column of paths")
 
     def _apply(self, dataset: Any, runner: _ImageRunner, extra: list[tuple[str, str, Any]]) -> Any:
         """Appends the runner's outputs: ``extra`` lists (struct field, column, Column -> Column) to add."""
@@ -155,9 +185,11 @@ class _DeepParams(HasInputCol, HasOutputCol):
         return _ImageRunner(source=source, column=self.getOrDefault(self.inputCol), path_column=path_column,
                             batch_size=self.getOrDefault(self.batchSize),
                             preprocess=self.getOrDefault(self.preprocess),
-                            keep_errors=bool(self.getOrDefault(self.errorCol)), **kwargs)
+                            keep_errors=bool(self.getOrDefault(self.errorCol)),
+                            loader=self.getOrDefault(self.imageLoader),
+                            output=self.getOrDefault(self.outputName), **kwargs)
 
-    # ---- persistence: params as Spark ML metadata, the preprocess function pickled ----------------------
+    # ---- persistence: params as Spark ML metadata, the preprocess / imageLoader functions pickled ------
     def write(self) -> MLWriter:
         return _DeepWriter(self)
 
@@ -182,6 +214,14 @@ class DeepFeaturizer(Transformer, _DeepParams, MLReadable, MLWritable):
         batchSize: images per model call.
         preprocess: a function of a float32 batch in 0-255, run before the model.
         errorCol: if set, undecodable images give a null vector and the reason in this column.
+        imageLoader: a function of a path (``inputCol`` a string column) or of a file's bytes
+            (``binaryFile``'s ``content``) returning the pixels the model takes, run on the
+            executors instead of tfos's decoding and resizing (e.g. Keras' ``load_img(path,
+            target_size=...)`` then ``img_to_array``). ``preprocess`` still runs after it.
+        signatureDefKey: with a SavedModel directory, the signature to run (instead of the
+            Keras model the directory may hold).
+        outputName: the output to take, for a model or signature of several outputs; then
+            ``layer`` does not apply.
 
     Example:
         >>> images = spark.read.format("image").load("photos/")
@@ -197,17 +237,22 @@ class DeepFeaturizer(Transformer, _DeepParams, MLReadable, MLWritable):
     def __init__(self, *, inputCol: str = "image", outputCol: str = "features", modelPath: str | None = None,
                  modelName: str | None = None, weightsPath: str | None = None,
                  modelArgs: dict[str, Any] | None = None, layer: str | None = None, batchSize: int = 64,
-                 preprocess: Callable[[Any], Any] | None = None, errorCol: str | None = None) -> None:
+                 preprocess: Callable[[Any], Any] | None = None, errorCol: str | None = None,
+                 imageLoader: Callable[[Any], Any] | None = None, signatureDefKey: str | None = None,
+                 outputName: str | None = None) -> None:
         super().__init__()
         self._setDefault(inputCol="image", outputCol="features", modelPath=None, modelName=None, weightsPath=None,
-                         modelArgs={}, layer=None, batchSize=64, preprocess=None, errorCol=None)
+                         modelArgs={}, layer=None, batchSize=64, preprocess=None, errorCol=None, imageLoader=None,
+                         signatureDefKey=None, outputName=None)
         self._set(**self._input_kwargs)
 
     @keyword_only
     def setParams(self, *, inputCol: str = "image", outputCol: str = "features", modelPath: str | None = None,
                   modelName: str | None = None, weightsPath: str | None = None,
                   modelArgs: dict[str, Any] | None = None, layer: str | None = None, batchSize: int = 64,
-                  preprocess: Callable[[Any], Any] | None = None, errorCol: str | None = None) -> DeepFeaturizer:
+                  preprocess: Callable[[Any], Any] | None = None, errorCol: str | None = None,
+                  imageLoader: Callable[[Any], Any] | None = None, signatureDefKey: str | None = None,
+                  outputName: str | None = None) -> DeepFeaturizer:
         """Sets the given params."""
         return self._set(**self._input_kwargs)
 
@@ -224,7 +269,9 @@ class DeepPredictor(Transformer, _DeepParams, MLReadable, MLWritable):
 
     Args:
         inputCol, outputCol, modelPath, modelName, weightsPath, modelArgs, batchSize,
-            preprocess, errorCol: as for :class:`DeepFeaturizer`.
+            preprocess, errorCol, imageLoader, signatureDefKey: as for :class:`DeepFeaturizer`.
+        outputName: the output to give; required for a model or signature of several outputs,
+            which are refused without it (naming them).
         topK: if above 0, also add ``topKCol``: the ``topK`` best classes of each row as
             ``array<struct<label: string, probability: double>>``, best first.
         labels: class names, one per model output (default: the class index as text).
@@ -240,11 +287,13 @@ class DeepPredictor(Transformer, _DeepParams, MLReadable, MLWritable):
                  modelName: str | None = None, weightsPath: str | None = None,
                  modelArgs: dict[str, Any] | None = None, batchSize: int = 64,
                  preprocess: Callable[[Any], Any] | None = None, errorCol: str | None = None, topK: int = 0,
-                 labels: list[str] | None = None, topKCol: str = "topK") -> None:
+                 labels: list[str] | None = None, topKCol: str = "topK",
+                 imageLoader: Callable[[Any], Any] | None = None, signatureDefKey: str | None = None,
+                 outputName: str | None = None) -> None:
         super().__init__()
         self._setDefault(inputCol="image", outputCol="prediction", modelPath=None, modelName=None, weightsPath=None,
                          modelArgs={}, batchSize=64, preprocess=None, errorCol=None, topK=0, labels=None,
-                         topKCol="topK")
+                         topKCol="topK", imageLoader=None, signatureDefKey=None, outputName=None)
         self._set(**self._input_kwargs)
 
     @keyword_only
@@ -252,7 +301,9 @@ class DeepPredictor(Transformer, _DeepParams, MLReadable, MLWritable):
                   modelName: str | None = None, weightsPath: str | None = None,
                   modelArgs: dict[str, Any] | None = None, batchSize: int = 64,
                   preprocess: Callable[[Any], Any] | None = None, errorCol: str | None = None, topK: int = 0,
-                  labels: list[str] | None = None, topKCol: str = "topK") -> DeepPredictor:
+                  labels: list[str] | None = None, topKCol: str = "topK",
+                  imageLoader: Callable[[Any], Any] | None = None, signatureDefKey: str | None = None,
+                  outputName: str | None = None) -> DeepPredictor:
         """Sets the given params."""
         return self._set(**self._input_kwargs)
 
@@ -272,7 +323,8 @@ class _ImageRunner:
 
     def __init__(self, source: ModelSource, column: str, path_column: str | None, batch_size: int,
                  preprocess: Callable[[Any], Any] | None, keep_errors: bool, featurize: bool,
-                 layer: str | None = None, top_k: int = 0, labels: list[str] | None = None) -> None:
+                 layer: str | None = None, top_k: int = 0, labels: list[str] | None = None,
+                 loader: Callable[[Any], Any] | None = None, output: str | None = None) -> None:
         self.source = source
         self.column = column
         self.path_column = path_column
@@ -283,6 +335,8 @@ class _ImageRunner:
         self.layer = layer
         self.top_k = top_k
         self.labels = labels
+        self.loader = loader
+        self.output = output
 
     def return_type(self) -> Any:
         from pyspark.sql.types import ArrayType, DoubleType, StringType, StructField, StructType
@@ -294,12 +348,23 @@ class _ImageRunner:
         return StructType(fields)
 
     def model(self) -> Any:
-        """The model to call, loaded once per process (the inner-layer model built once from it)."""
+        """The model to call, loaded once per process (the inner-layer or chosen-output model built once from it).
+
+        A predictor, a featurizer given ``outputName`` and a featurizer on a bare signature
+        take one output of the model (refusing to guess among several); a featurizer on a
+        Keras model otherwise takes ``layer``'s output.
+        """
         base = _models.load(self.source)
-        if not self.featurize:
-            return base
-        return _models.cached(("features", self.source, self.layer),
-                              lambda: _models.inner_model(base, self.layer, self.source.label))
+        label = self.source.label
+        if self.featurize and self.output is None and not isinstance(base, _models.SignatureModel):
+            return _models.cached(("features", self.source, self.layer),
+                                  lambda: _models.inner_model(base, self.layer, label))
+        if self.featurize and self.layer is not None:
+            raise TFOSConfigError(f"layer {self.layer!r} applies to a Keras model's layers; model {label} runs "
+                                  f"{'output ' + repr(self.output) if self.output else 'a SavedModel signature'}: "
+                                  "unset layer, or unset outputName / signatureDefKey")
+        return _models.cached(("output", self.source, self.output),
+                              lambda: _models.with_output(base, self.output, label))
 
     def _preprocess(self) -> Callable[[Any], Any] | None:
         if self.preprocess is not None:
@@ -317,15 +382,17 @@ class _ImageRunner:
 
         model = self.model()
         size = _models.image_size(model, self.source.label)
-        if not self.featurize:
-            _models.check_one_output(model, self.source.label)
         preprocess = self._preprocess()
         partition = TaskContext.get().partitionId()
         offset = 0
         for batch in batches:
             images = batch.field("image")
-            paths = row_paths(images, batch.field("path") if self.path_column else None, partition, offset)
-            pixels, good, bad = image_batch(images, paths, size)
+            if self.path_column:
+                named = batch.field("path")
+            else:  # a column of paths (for imageLoader) names its own rows
+                named = images if pa.types.is_string(images.type) or pa.types.is_large_string(images.type) else None
+            paths = row_paths(images, named, partition, offset)
+            pixels, good, bad = image_batch(images, paths, size, self.loader)
             if not self.keep_errors:
                 for problem in bad:
                     if problem is not None:
@@ -365,7 +432,7 @@ class _ImageRunner:
 
 
 class _DeepWriter(MLWriter):
-    """Saves params as Spark ML metadata, and the preprocess function (if any) with cloudpickle."""
+    """Saves params as Spark ML metadata, and the preprocess / imageLoader functions with cloudpickle."""
 
     def __init__(self, instance: _DeepParams) -> None:
         super().__init__()
@@ -375,10 +442,9 @@ class _DeepWriter(MLWriter):
         from pyspark import cloudpickle
 
         instance = self.instance
-        params = {p.name: v for p, v in instance._paramMap.items() if p.name != "preprocess"}
+        params = {p.name: v for p, v in instance._paramMap.items() if p.name not in _FUNCTION_PARAMS}
         DefaultParamsWriter.saveMetadata(instance, path, self.sparkSession, paramMap=params)
-        function = instance.getOrDefault(instance.preprocess)
-        blob = cloudpickle.dumps({"preprocess": function})
+        blob = cloudpickle.dumps({name: instance.getOrDefault(name) for name in _FUNCTION_PARAMS})
         self.sparkSession.sparkContext.parallelize([blob], 1).saveAsPickleFile(os.path.join(path, "state"))
 
 
@@ -397,7 +463,7 @@ class _DeepReader(MLReader):
         instance._resetUid(metadata["uid"])
         DefaultParamsReader.getAndSetParams(instance, metadata)
         blob = self.sparkSession.sparkContext.pickleFile(os.path.join(path, "state")).collect()[0]
-        function = pickle.loads(blob)["preprocess"]
-        if function is not None:
-            instance._set(preprocess=function)
+        for name, function in pickle.loads(blob).items():  # older saves hold preprocess alone
+            if function is not None:
+                instance._set(**{name: function})
         return instance

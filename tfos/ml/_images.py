@@ -7,12 +7,15 @@ BMP). :func:`image_batch` turns a batch of either into one float32 array of shap
 ``(rows, height, width, channels)`` with pixels in 0-255, RGB or grayscale as the model
 needs, decoding and resizing with TensorFlow. A row that cannot be decoded becomes a
 :class:`BadImage` naming its path, so that the caller raises a clear error or reports the
-reason in an error column. The numpy helpers (:func:`bgr_to_rgb`, :func:`match_channels`,
+reason in an error column. A user's own ``imageLoader`` (a function of a path or of file
+bytes returning the pixels) replaces the decoding and resizing: its array reaches the model
+as it is (:func:`loaded_pixels`). The numpy helpers (:func:`bgr_to_rgb`, :func:`match_channels`,
 :func:`struct_pixels`) need no TensorFlow.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,10 +43,17 @@ class BadImage:
         return f"image {self.path} could not be used: {self.reason}"
 
 
-def bad_image_error(bad: BadImage, column: str) -> FeedDataError:
-    """The error for a bad image when no errorCol is set; names the path and the fix."""
-    return FeedDataError(f"{bad.message()} (column {column!r}). Fix or drop that file, or set errorCol to get a null "
-                         f"output and the reason in that column instead", path=bad.path)
+def bad_image_error(bad: BadImage, column: str, fix: str | None = None) -> FeedDataError:
+    """The error for a bad image; names the path and the fix.
+
+    Args:
+        bad: the row's path and reason.
+        column: where the image came from, for the message.
+        fix: what the user can do (default: errorCol, which the Spark ML transformers have).
+    """
+    fix = fix or ("Fix or drop that file, or set errorCol to get a null output and the reason in that column "
+                  "instead")
+    return FeedDataError(f"{bad.message()} (column {column!r}). {fix}", path=bad.path)
 
 
 def bgr_to_rgb(pixels: np.ndarray) -> np.ndarray:
@@ -134,14 +144,39 @@ def row_pixels(value: Any, path: str, size: tuple[int, int, int]) -> np.ndarray:
     return resize(match_channels(pixels, channels), height, width)
 
 
-def image_batch(column: Any, paths: list[str], size: tuple[int, int, int]
-                ) -> tuple[np.ndarray, list[int], list[BadImage | None]]:
-    """Decodes an Arrow column of images (struct or binary) into one batch.
+def loaded_pixels(loader: Callable[[Any], Any], value: Any, size: tuple[int, int, int]) -> np.ndarray:
+    """What a user's ``imageLoader`` returns for one path or file's bytes, as float32 of ``size``.
+
+    The array is used as it is: (height, width, channels), or with a leading batch dimension
+    of 1 (Keras' ``img_to_array(...)[None]``), or (height, width) for a one-channel model.
+
+    Raises:
+        ValueError: the loader raised, or returned an array of another shape (the reason says which).
+    """
+    try:
+        array = np.asarray(loader(value), dtype=np.float32)
+    except Exception as exc:  # the user's code: report it against the row, as a decoding failure is
+        raise ValueError(f"imageLoader raised {type(exc).__name__}: {exc}") from exc
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim == 2 and size[2] == 1:
+        array = array[..., None]
+    if tuple(array.shape) != tuple(size):
+        raise ValueError(f"imageLoader returned an array of shape {tuple(array.shape)}; the model takes "
+                         f"{tuple(size)} (height, width, channels): resize in the loader")
+    return array
+
+
+def image_batch(column: Any, paths: list[str], size: tuple[int, int, int],
+                loader: Callable[[Any], Any] | None = None) -> tuple[np.ndarray, list[int], list[BadImage | None]]:
+    """Decodes an Arrow column of images (struct or binary, or paths / bytes for ``loader``) into one batch.
 
     Args:
-        column: a pyarrow StructArray of Spark's image schema, or a BinaryArray of file bytes.
+        column: a pyarrow StructArray of Spark's image schema, a BinaryArray of file bytes, or
+            (with ``loader``) a StringArray of paths.
         paths: one label per row for error messages (the file's path, or where the row is).
         size: the model's (height, width, channels).
+        loader: the user's imageLoader, called on each row's value instead of decoding it.
 
     Returns:
         ``(pixels, good, bad)``: float32 pixels (len(good), H, W, C) in 0-255, the indexes
@@ -154,7 +189,8 @@ def image_batch(column: Any, paths: list[str], size: tuple[int, int, int]
             bad.append(BadImage(paths[index], "the image is null"))
             continue
         try:
-            images.append(row_pixels(value, paths[index], size))
+            images.append(loaded_pixels(loader, value, size) if loader is not None
+                          else row_pixels(value, paths[index], size))
         except ValueError as exc:
             bad.append(BadImage(paths[index], str(exc)))
             continue

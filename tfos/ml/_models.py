@@ -4,9 +4,13 @@ Each Python worker loads a model once and keeps it in :data:`_MODELS` for later
 partitions and jobs; :data:`LOADS` counts the loads per model so tests can see the reuse.
 Files saved by Keras 3 and by tf-keras (Keras 2) load alike: a ``.keras`` / ``.h5`` file
 is tried with ``keras`` first, a SavedModel directory with ``tf_keras`` first, and the
-other one after; a SavedModel that neither Keras can revive runs through its serving
-signature. ``keras.applications`` architectures are built with ``weights=None`` and read
-their weights from a file the user provides: nothing is downloaded.
+other one after; a SavedModel that neither Keras can revive, or one whose signature is
+named (``signatureDefKey``), runs through that signature. A model of several outputs is
+refused unless one is named (``outputName``): its values would otherwise interleave across
+rows, or the first name in sort order would stand for the model. ``keras.applications``
+architectures are built with ``weights=None`` and read their weights from a file the user
+provides: nothing is downloaded. A model object registered on the driver travels to the
+executors as a file added with ``SparkContext.addFile`` (``ModelSource.shipped``).
 """
 
 from __future__ import annotations
@@ -56,9 +60,15 @@ class ModelSource:
     model_name: str | None = None
     weights_path: str | None = None
     model_args: tuple[tuple[str, Any], ...] = ()
+    #: The SavedModel signature to run instead of reviving a Keras model (None: Keras first).
+    signature: str | None = None
+    #: model_path is the name of a file added with SparkContext.addFile (a model object saved by the driver).
+    shipped: bool = False
 
     @property
     def label(self) -> str:
+        if self.shipped:
+            return f"(the model object registered as {self.model_path})"
         if self.model_path:
             return self.model_path
         return f"{self.model_name}({self.weights_path})"
@@ -74,6 +84,11 @@ def check_source(sc: Any, source: ModelSource) -> None:
         raise TFOSConfigError("set exactly one of modelPath (a .keras / .h5 file or a SavedModel directory) and "
                               f"modelName (a keras.applications architecture); got modelPath={source.model_path!r}, "
                               f"modelName={source.model_name!r}")
+    if source.signature is not None and not source.model_path:
+        raise TFOSConfigError("signatureDefKey applies to a SavedModel directory (modelPath), not to modelName "
+                              f"{source.model_name!r}")
+    if source.shipped:
+        return
     if source.model_path:
         if not path_exists(sc, source.model_path):
             raise TFOSConfigError(f"modelPath {source.model_path} does not exist: point it at a Keras model file "
@@ -154,15 +169,35 @@ def _count(source: str) -> None:
 
 
 class SignatureModel:
-    """A SavedModel that neither Keras can revive, called through one of its signatures."""
+    """A SavedModel called through one of its signatures, giving one chosen output.
 
-    def __init__(self, loaded: Any, signature: str) -> None:
+    Args:
+        loaded: what ``tf.saved_model.load`` returned.
+        signature: the signature's key.
+        label: the model's path, for messages.
+        output: the output to give; None: the only one (a signature of several outputs is then
+            refused when called, naming them; :func:`with_output` chooses one).
+
+    Raises:
+        TFOSConfigError: the signature takes more than one input, or has no output ``output``;
+            the message lists them.
+    """
+
+    def __init__(self, loaded: Any, signature: str, label: str, output: str | None = None) -> None:
         self.loaded = loaded
+        self.signature = signature
         self.function = loaded.signatures[signature]
         _, kwargs = self.function.structured_input_signature
-        self.input_name = sorted(kwargs)[0]
+        if len(kwargs) != 1:
+            raise TFOSConfigError(f"signature {signature!r} of model {label} takes {len(kwargs)} inputs "
+                                  f"{sorted(kwargs)}; image models take one (use tfos.ml.TFModel, which maps "
+                                  "columns to inputs)")
+        self.input_name = next(iter(kwargs))
         self.input_spec = kwargs[self.input_name]
         self.output_names = sorted(self.function.structured_outputs)
+        self.what = f"signature {signature!r} of model {label}"
+        several = output is None and len(self.output_names) > 1
+        self.output = None if several else pick_output(self.output_names, output, self.what)
         self.layers: list[Any] = []
 
     @property
@@ -172,12 +207,59 @@ class SignatureModel:
     def __call__(self, batch: Any, training: bool = False) -> Any:
         import tensorflow as tf
 
+        output = self.output or pick_output(self.output_names, None, self.what)  # never guess among several
         out = self.function(**{self.input_name: tf.constant(batch, dtype=self.input_spec.dtype)})
-        return out[self.output_names[0]]
+        return out[output]
 
 
-def load_model_file(path: str) -> Any:
+def pick_output(names: list[str], output: str | None, what: str) -> str:
+    """``output`` if ``names`` has it, else the only name; refuses to guess among several.
+
+    Raises:
+        TFOSConfigError: naming ``what`` and its outputs.
+    """
+    if output is not None:
+        if output not in names:
+            raise TFOSConfigError(f"{what} has no output {output!r}; its outputs are {names}: set outputName to "
+                                  "one of them")
+        return output
+    if len(names) != 1:
+        raise TFOSConfigError(f"{what} has {len(names)} outputs {names}; set outputName to the one you want (for "
+                              "several at once use tfos.ml.TFModel, which maps each output to a column)")
+    return names[0]
+
+
+def load_signature(path: str, signature: str | None, label: str) -> SignatureModel:
+    """A SavedModel directory run through ``signature`` (None: ``serving_default``, or the only one).
+
+    Raises:
+        TFOSConfigError: the directory is not a SavedModel, or has no such signature (listed).
+    """
+    import tensorflow as tf
+
+    try:
+        loaded = tf.saved_model.load(local_copy(path))
+    except Exception as exc:
+        raise TFOSConfigError(f"cannot load SavedModel {label} to run its signature {signature!r}: "
+                              f"{type(exc).__name__}: {exc}") from exc
+    names = sorted(loaded.signatures)
+    if signature is None:
+        if "serving_default" in names or len(names) == 1:
+            signature = "serving_default" if "serving_default" in names else names[0]
+        else:
+            raise TFOSConfigError(f"SavedModel {label} has no 'serving_default' signature; it has {names}: set "
+                                  "signatureDefKey to the one to run")
+    elif signature not in names:
+        raise TFOSConfigError(f"SavedModel {label} has no signature {signature!r}; it has {names}: set "
+                              "signatureDefKey to one of them")
+    _count(label)
+    return SignatureModel(loaded, signature, label)
+
+
+def load_model_file(path: str, first: str | None = None) -> Any:
     """A Keras model from a ``.keras`` / ``.h5`` file or a SavedModel directory, saved by Keras 3 or tf-keras.
+
+    ``first`` (``"keras"`` or ``"tf_keras"``) is the Keras to try first, when the saver is known.
 
     Raises:
         TFOSConfigError: neither Keras (nor, for a directory, tf.saved_model) can load it;
@@ -186,6 +268,8 @@ def load_model_file(path: str) -> Any:
     local = local_copy(path)
     is_dir = os.path.isdir(local)
     order = ("tf_keras", "keras") if is_dir else ("keras", "tf_keras")
+    if first is not None:
+        order = (first, *(name for name in order if name != first))
     reasons = []
     for name in order:
         try:
@@ -199,17 +283,12 @@ def load_model_file(path: str) -> Any:
             return model
         reasons.append(f"{name}: loaded a {type(model).__name__}, not a Keras model")
     if is_dir:
-        import tensorflow as tf
-
         try:
-            loaded = tf.saved_model.load(local)
-            model = SignatureModel(loaded, "serving_default" if "serving_default" in loaded.signatures
-                                   else sorted(loaded.signatures)[0])
-        except Exception as exc:
-            reasons.append(f"tf.saved_model: {type(exc).__name__}: {exc}")
-        else:
-            _count(path)
-            return model
+            return load_signature(local, None, path)
+        except TFOSConfigError as exc:
+            if "has no 'serving_default' signature" in str(exc):
+                raise
+            reasons.append(f"tf.saved_model: {exc}")
     raise TFOSConfigError(f"cannot load model {path}: " + "; ".join(reasons) + ". Save it with model.save('m.keras') "
                           "(Keras 3) or model.save('m.h5') / a SavedModel (tf-keras)")
 
@@ -243,9 +322,65 @@ def preprocess_input(model_name: str) -> Callable[[Any], Any]:
 
 def load(source: ModelSource) -> Any:
     """The model of ``source``, loaded once per process."""
+    if source.shipped:
+        from pyspark import SparkFiles
+
+        first = "tf_keras" if source.model_path.endswith(".h5") else "keras"  # see save_model_object
+        return cached(("shipped", source.model_path),
+                      lambda: load_model_file(SparkFiles.get(str(source.model_path)), first))
+    if source.signature is not None:
+        return cached(("signature", source.model_path, source.signature),
+                      lambda: load_signature(str(source.model_path), source.signature, source.label))
     if source.model_path:
         return cached(("file", source.model_path), lambda: load_model_file(source.model_path))
     return cached(("app", source), lambda: build_application(source))
+
+
+def with_output(model: Any, output: str | None, label: str) -> Any:
+    """``model`` giving the one output ``output`` (None: its only output).
+
+    A Keras model of several outputs becomes ``Model(inputs, that output)``; a signature
+    gives that key of its result.
+
+    Raises:
+        TFOSConfigError: no such output, or several outputs and ``output`` is None; the message lists them.
+    """
+    if isinstance(model, SignatureModel):
+        chosen = pick_output(model.output_names, output, model.what)
+        return model if chosen == model.output else SignatureModel(model.loaded, model.signature, label, chosen)
+    outputs = list(getattr(model, "outputs", None) or [])
+    names = [str(n) for n in (getattr(model, "output_names", None) or range(len(outputs)))]
+    if len(outputs) <= 1 and (output is None or names == [output]):
+        return model
+    chosen = pick_output(names, output, f"model {label}")
+    if len(outputs) == 1:
+        return model
+    module = __import__(type(model).__module__.split(".")[0])
+    if not hasattr(module, "Model"):
+        import keras as module
+    inputs = model.inputs if len(model.inputs) > 1 else model.inputs[0]
+    return module.Model(inputs, outputs[names.index(chosen)])
+
+
+def save_model_object(model: Any, directory: str) -> str:
+    """Saves a Keras 3 or tf-keras model object under ``directory``; returns the path to ship (driver).
+
+    Keras 3 models go to a ``.keras`` file, tf-keras models to an ``.h5`` file (one file, as
+    ``SparkContext.addFile`` ships; a directory it ships in local mode only); :func:`load`
+    reads each with the Keras that saved it, so executors rebuild the same model.
+
+    Raises:
+        TFOSConfigError: ``model`` is not a Keras model.
+    """
+    if not (hasattr(model, "save") and hasattr(model, "inputs") and hasattr(model, "layers")):
+        raise TFOSConfigError(f"expected a model path (str) or a Keras model object, got {type(model).__name__}")
+    if type(model).__module__.startswith("tf_keras"):
+        path = os.path.join(directory, "model.h5")
+        model.save(path)
+    else:
+        path = os.path.join(directory, "model.keras")
+        model.save(path)
+    return path
 
 
 def image_size(model: Any, label: str) -> tuple[int, int, int]:
@@ -260,16 +395,6 @@ def image_size(model: Any, label: str) -> tuple[int, int, int]:
         raise TFOSConfigError(f"model {label} takes input of shape {shape}; image transformers need "
                               "(batch, height, width, 1 or 3 channels) with a fixed height and width")
     return int(shape[1]), int(shape[2]), int(shape[3])
-
-
-def check_one_output(model: Any, label: str) -> None:
-    """Refuses a model of several outputs, whose values would otherwise interleave across rows."""
-    outputs = getattr(model, "outputs", None) or []
-    if len(outputs) > 1:
-        names = list(getattr(model, "output_names", None) or range(len(outputs)))
-        raise TFOSConfigError(f"model {label} has {len(outputs)} outputs {names}; DeepPredictor gives one. Save "
-                              "keras.Model(model.inputs, model.outputs[i]) for the output you want, or use "
-                              "tfos.ml.TFModel, which maps each output to a column (setOutputMapping)")
 
 
 def layer_names(model: Any) -> list[str]:
