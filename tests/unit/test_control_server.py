@@ -222,3 +222,33 @@ def test_a_held_node_between_runs_is_judged_by_its_agent_heartbeat(monkeypatch):
     assert server.silent_nodes(6) == [node]
     node.agent_seen -= 100
     assert server.silent_agents(6) == [node]
+
+
+def test_node_client_speaks_every_node_message_the_server_reads(server):
+    from tfos._protocol import Event, FeedErrorKind, NodeState
+    from tfos._rpc import NodeClient
+
+    client = NodeClient.connect(f"127.0.0.1:{server.port}", CRED)
+    try:
+        for eid, (job, index) in {0: ("ps", 0), 1: ("chief", 0), 2: ("worker", 0)}.items():
+            assert client.register(registration(eid, job, index)) == {"ok": True}
+        assert client.await_spec(2)["ready"]
+        server.post({"type": Event.STOP, "reason": "done"}, [2])
+        assert client.poll(2, 0, {"rss": 1}, timeout=10) == {"events": [{"type": "stop", "reason": "done"}], "seq": 1}
+        client.report(2, NodeState.RUNNING, stats={"rss": 2})
+        client.metrics(2, {"metrics": {"loss": 0.5}})
+        client.log(2, ["hello"], timeout=10)
+        client.terminate(2, "input")
+        client.feed_error({"kind": FeedErrorKind.CLOSED, "message": "gone", "qname": "input", "partition": 3})
+        with pytest.raises(ProtocolError, match="no routing plan for queue 'input' epoch 0"):
+            client.feed_plan("input", 0, 3, None, timeout=10)
+        assert client.agent_poll(2, 0, timeout=10, hold=0.1) == {"events": [], "seq": 0}
+        client.agent_done(2, 0, "")
+        client.report(2, NodeState.FAILED, message="ValueError: boom", traceback="")
+    finally:
+        client.close()
+    node = server.nodes()[2]
+    assert node.state is NodeState.FAILED and node.error["message"] == "ValueError: boom"
+    assert node.stats == {"metrics": {"loss": 0.5}} and list(node.log_tail) == ["hello"]
+    assert server.terminated("input")
+    assert server.feed_errors() == [{"kind": "closed", "message": "gone", "qname": "input", "partition": 3}]

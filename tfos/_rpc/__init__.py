@@ -4,6 +4,7 @@ Nothing read from the network is unpickled: requests and replies are JSON object
 only peers holding the cluster generation's key complete the TLS handshake.
 """
 
+from tfos._rpc._node_client import NodeClient
 from tfos._rpc._wire import ControlClient, serve
 
-__all__ = ["ControlClient", "serve"]
+__all__ = ["ControlClient", "NodeClient", "serve"]
