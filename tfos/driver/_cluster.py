@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tfos._paths import absolute_path, local_path
+from tfos._protocol import NodeState
 from tfos._roles import cluster_template
 from tfos._security import feed_tls
 from tfos.config import ClusterConfig, InputMode
@@ -28,7 +29,6 @@ from tfos.driver import _mlflow, _spark
 from tfos.driver._feeding import Feeding
 from tfos.driver._metrics import serve_metrics
 from tfos.driver._progress import ProgressView, Rates, node_rows, progress_mode
-from tfos.driver._server import FINISHED, SERVING
 from tfos.driver._supervisor import ClusterState, Generation, Supervisor, describe, role
 from tfos.errors import TFOSConfigError, TFOSError
 from tfos.executor._bootstrap import NodeLauncher
@@ -305,7 +305,7 @@ class Cluster:
                 self._feeding.close()
             if not sup.await_finished(workers, started + timeout):
                 running = [role(n) for n in sup.server.nodes().values() if n.info["executor_id"] in workers
-                           and n.state not in (FINISHED, SERVING)]
+                           and n.state not in (NodeState.FINISHED, NodeState.SERVING)]
                 error = TFOSError(f"{', '.join(running)} still running {timeout}s after shutdown() began; "
                                   "stopped them. Raise shutdown(timeout=...) if training needs longer.")
             elif grace_secs and sup.failure is None:

@@ -18,10 +18,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from tfos import _constants as C
+from tfos._protocol import NodeState
 from tfos.driver._progress import Rates, node_rows
 from tfos.errors import TFOSError
 
 log = logging.getLogger(__name__)
+
+#: States of a node whose process is up (or about to be).
+_UP = (NodeState.REGISTERED, NodeState.RUNNING, NodeState.SERVING)
 
 
 class ClusterCollector:
@@ -45,7 +49,7 @@ class ClusterCollector:
                                    labels=["role", "name"])
         for row in node_rows(server, self._rates):
             role = row["role"]
-            up.add_metric([role], 1.0 if row["state"] in ("registered", "running", "serving") else 0.0)
+            up.add_metric([role], 1.0 if row["state"] in _UP else 0.0)
             for queue, count in row["consumed"].items():
                 rows.add_metric([role, queue], float(count))
             age.add_metric([role], float(row["heartbeat_age"]))

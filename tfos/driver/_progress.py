@@ -16,7 +16,8 @@ import time
 from typing import Any
 
 from tfos import _constants as C
-from tfos.driver._server import FAILED, FINISHED, ControlServer, NodeStatus
+from tfos._protocol import FINAL_STATES, NodeState
+from tfos.driver._server import ControlServer, NodeStatus
 
 log = logging.getLogger("tfos.progress")
 
@@ -42,10 +43,10 @@ class Rates:
             return rate
 
 
-def node_state(node: NodeStatus) -> str:
-    if node.state in (FINISHED, FAILED) or not node.exited:
-        return node.state
-    return "exited"
+def node_state(node: NodeStatus) -> NodeState:
+    if node.state in FINAL_STATES or not node.exited:
+        return NodeState(node.state)
+    return NodeState.EXITED
 
 
 def node_rows(server: ControlServer, rates: Rates) -> list[dict[str, Any]]:
@@ -58,7 +59,7 @@ def node_rows(server: ControlServer, rates: Rates) -> list[dict[str, Any]]:
         tb = f"http://{info['host']}:{info['tb_port']}" if info.get("tb_port") else None
         rows.append({
             "role": role, "executor_id": eid, "host": info["host"], "pid": stats.get("pid", info["pid"]),
-            "state": node_state(node),
+            "state": node_state(node).value,
             "heartbeat_age": round(now - (node.agent_seen if node.idle_agent else node.last_seen), 1),
             "rss": stats.get("rss"), "gpus": stats.get("gpus"), "rows": fed,
             "rows_per_sec": round(rates.rate(role, fed, now), 1), "metrics": dict(stats.get("metrics") or {}),

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tfos import _constants as C
+from tfos._protocol import Event, Method, NodeState
 from tfos._roles import FEEDING_JOBS, cluster_template
 from tfos._security import Credential, RunSigner, verify_run
 from tfos.config import InputMode
@@ -81,11 +82,11 @@ class Reservation:
                                  tensorboard=tensorboard, log_dir=log_dir, release_port=True,
                                  reservation_timeout=float(reservation_timeout), default_fs=default_fs, main=b"",
                                  num_gpus=num_gpus, hold=True, run_key=run_key))
-        handlers = {"Status": self._status, "Submit": self._submit, "RunState": self._run_state,
-                    "Logs": self._logs, "Release": self._release}
+        handlers = {Method.STATUS: self._status, Method.SUBMIT: self._submit, Method.RUN_STATE: self._run_state,
+                    Method.LOGS: self._logs, Method.RELEASE: self._release}
         self._supervisor = Supervisor(self.template, jobs, local_mode=_spark.preflight(sc, num_executors),
                                       hosts=_spark.server_hosts(sc), reservation_timeout=reservation_timeout,
-                                      max_restarts=0, handlers=handlers, large=("Submit",),
+                                      max_restarts=0, handlers=handlers, large=(Method.SUBMIT,),
                                       on_failure=self._on_failure)
         self._run_key = run_key
         self._lock = threading.Lock()
@@ -164,10 +165,10 @@ class Reservation:
                     or sup.state is not ClusterState.RUNNING, timeout=None)
         with self._lock:
             run.stopping = True
-        server.post({"type": "stop", "reason": "run failed" if run.error else "run finished"})
+        server.post({"type": Event.STOP, "reason": "run failed" if run.error else "run finished"})
         idle = server.wait(lambda: not any(n.agent_busy for n in server.nodes().values()), timeout=STOP_GRACE_SECS)
         if not idle:
-            server.post_agents({"type": "kill"})
+            server.post_agents({"type": Event.KILL})
             server.wait(lambda: not any(n.agent_busy for n in server.nodes().values()), timeout=STOP_GRACE_SECS)
         with self._lock:
             run.done = True
@@ -194,7 +195,7 @@ class Reservation:
             self._runs[run.id] = run
             self._current = run
         keras = msg.get("keras")
-        self._supervisor.server.begin_run({"type": "launch", "run": run.id, "main": data, "sig": sig,
+        self._supervisor.server.begin_run({"type": Event.LAUNCH, "run": run.id, "main": data, "sig": sig,
                                            "keras": keras if keras in (2, 3) else None})
         threading.Thread(target=self._drive, args=(run,), name=f"tfos-run-{run.id}", daemon=True).start()
         log.info("run %s submitted", run.id)
@@ -215,7 +216,7 @@ class Reservation:
         nodes = server.nodes()
         for row in rows:
             if not nodes[row["executor_id"]].agent_busy:
-                row["state"] = "idle"
+                row["state"] = NodeState.IDLE.value
         current = self._current
         return {"name": self.name, "state": self._supervisor.state.value, "cluster_spec": server.cluster_spec(),
                 "run": None if current is None else {"id": current.id, "done": current.done,
