@@ -52,6 +52,8 @@ __getattr__, __dir__ = module_getattr(__name__, {
 
 #: Seconds the server holds a client's ``await_reservations`` call before it asks again.
 _HOLD_SECS = 2.0
+#: This module's own control methods, which its Server serves (the core's are tfos._protocol.Method).
+_RESERVE, _RESERVATIONS, _REQUEST_STOP = "Reserve", "Reservations", "RequestStop"
 _BYTES = "__bytes_b64__"
 _NO_PICKLE = ("It read or wrote a pickled message on a raw socket, which tfos never does: use Client.register / "
               "get_reservations / await_reservations / request_stop, which are authenticated JSON calls.")
@@ -125,7 +127,7 @@ class Server:
         """
         host = self.get_server_ip()
         ports = self.get_server_ports()
-        handlers = {"Reserve": self._reserve, "Reservations": self._list, "RequestStop": self._request_stop}
+        handlers = {_RESERVE: self._reserve, _RESERVATIONS: self._list, _REQUEST_STOP: self._request_stop}
         workers = 2 * self.reservations.required + 8
         # An explicit TFOS_SERVER_HOST is also the interface served on; otherwise every interface, as TFoS did.
         bind = C.get_str(C.SERVER_HOST) or "0.0.0.0"
@@ -262,14 +264,14 @@ class Client:
         if not isinstance(reservation, dict):
             raise TFOSConfigError(f"a reservation must be a dict; got {type(reservation).__name__}")
         try:
-            self._client.call("Reserve", {"meta": _encode(reservation)})
+            self._client.call(_RESERVE, {"meta": _encode(reservation)})
         except TypeError as exc:
             raise TFOSConfigError(f"reservation values must be JSON-serializable or bytes: {exc}") from None
         return "OK"
 
     def get_reservations(self) -> list[dict[str, Any]]:
         """The reservations so far."""
-        return [_decode(m) for m in self._client.call("Reservations", {})["reservations"]]
+        return [_decode(m) for m in self._client.call(_RESERVATIONS, {})["reservations"]]
 
     def await_reservations(self, timeout: float = 600) -> list[dict[str, Any]]:
         """Waits until every node registered; returns their metadata.
@@ -279,7 +281,7 @@ class Client:
         """
         deadline = time.monotonic() + timeout
         while True:
-            reply = self._client.call("Reservations", {"wait": _HOLD_SECS}, timeout=_HOLD_SECS + 30)
+            reply = self._client.call(_RESERVATIONS, {"wait": _HOLD_SECS}, timeout=_HOLD_SECS + 30)
             if reply["done"]:
                 return [_decode(m) for m in reply["reservations"]]
             if reply["stopped"]:
@@ -290,7 +292,7 @@ class Client:
 
     def request_stop(self) -> None:
         """Asks the server to stop waiting (``Server.done`` turns true)."""
-        self._client.call("RequestStop", {})
+        self._client.call(_REQUEST_STOP, {})
 
     def close(self) -> None:
         """Closes the connection to the server."""
