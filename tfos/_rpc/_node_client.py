@@ -8,6 +8,7 @@ and ``AgentPoll`` return a mailbox: ``{"events": [...], "seq": n}``, each event 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from tfos._protocol import FeedErrorReport, Method, NodeState, Registration
@@ -36,6 +37,10 @@ class NodeClient:
 
     def close(self) -> None:
         self.transport.close()
+
+    def call(self, method: str, message: Mapping[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+        """Sends ``method`` untyped, as :meth:`ControlClient.call`; prefer the typed methods below."""
+        return self.transport.call(method, message, timeout=timeout)
 
     # ---- a node task ------------------------------------------------------------------------
     def register(self, registration: Registration) -> dict[str, Any]:

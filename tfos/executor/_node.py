@@ -24,7 +24,8 @@ from typing import Any
 
 from tfos import _constants as C
 from tfos._paths import local_marker_path, local_path, log_path, unix_socket_path
-from tfos._rpc import ControlClient
+from tfos._protocol import Event, NodeState
+from tfos._rpc import NodeClient
 from tfos.errors import TFOSConfigError, TFOSError
 from tfos.executor._bootstrap import NodePayload
 from tfos.executor._context import NodeContext
@@ -44,7 +45,7 @@ class Node:
     def __init__(self, payload: NodePayload) -> None:
         self.p = payload
         self.name = f"{payload.job_name}:{payload.task_index}"
-        self.client = ControlClient(payload.server_address, payload.credential)
+        self.client = NodeClient.connect(payload.server_address, payload.credential)
         self.sockets = {name: socket.socket(fileno=fd) for name, fd in payload.fds.items()}
         self.tensorboard: subprocess.Popen | None = None
         self.feeds: Any = None
@@ -69,14 +70,14 @@ class Node:
         ctx = NodeContext(executor_id=p.executor_id, job_name=p.job_name, task_index=p.task_index,
                           cluster_spec=p.cluster_spec, cluster_info=p.cluster_info, default_fs=p.default_fs,
                           working_dir=os.getcwd(), port_socket=self.sockets.pop("port"), feeds=self.feeds,
-                          on_serving=lambda: self.report("serving"), on_report=self.report_metrics)
+                          on_serving=lambda: self.report(NodeState.SERVING), on_report=self.report_metrics)
         if "tb" in self.sockets:
             self._start_tensorboard(ctx)
         threading.Thread(target=self._poll_loop, name="tfos-poll", daemon=True).start()
         if p.release_port:
             ctx.release_port()
         self._main_running = True
-        self.report("running")
+        self.report(NodeState.RUNNING)
         try:
             import cloudpickle
 
@@ -92,12 +93,12 @@ class Node:
         if p.job_name in SERVING_JOBS:
             log.info("main_fun returned on %s; serving until the driver stops the cluster", self.name)
             threading.Event().wait()
-        self.report("finished")
+        self.report(NodeState.FINISHED)
         self.exit(0)
 
     def _fail(self, exc: BaseException) -> None:
         log.error("main_fun failed on %s", self.name, exc_info=exc)
-        self.report("failed", message=f"{type(exc).__name__}: {exc}",
+        self.report(NodeState.FAILED, message=f"{type(exc).__name__}: {exc}",
                     traceback="".join(traceback.format_exception(exc)))
         self.exit(1)
 
@@ -112,16 +113,15 @@ class Node:
         except psutil.Error:
             pass
         log.error("the Spark executor (pid %d) hosting %s is gone; the node exits", pid, self.name)
-        self.report("failed", message=f"the Spark executor (pid {pid}) hosting {self.name} exited: executor lost",
-                    traceback="", lost=True)
+        self.report(NodeState.FAILED, lost=True, traceback="",
+                    message=f"the Spark executor (pid {pid}) hosting {self.name} exited: executor lost")
         self.exit(1)
 
-    def report(self, state: str, **fields: Any) -> None:
-        message = {"executor_id": self.p.executor_id, "state": state, "stats": self.stats(), **fields}
+    def report(self, state: NodeState, **fields: Any) -> None:
         try:
-            self.client.call("Report", message, timeout=10)
+            self.client.report(self.p.executor_id, state, timeout=10, stats=self.stats(), **fields)
         except TFOSError:
-            log.warning("could not report state %r to the driver", state, exc_info=True)
+            log.warning("could not report state %r to the driver", str(state), exc_info=True)
 
     def stats(self) -> dict[str, Any]:
         """What the driver shows for this node: rows consumed per queue, reported metrics, memory, GPUs."""
@@ -147,7 +147,7 @@ class Node:
         if now - self._metrics_sent >= METRICS_INTERVAL_SECS:
             self._metrics_sent = now
             try:
-                self.client.call("Metrics", {"executor_id": self.p.executor_id, "stats": self.stats()}, timeout=5)
+                self.client.metrics(self.p.executor_id, self.stats(), timeout=5)
             except TFOSError:
                 log.debug("could not send metrics to the driver", exc_info=True)
 
@@ -173,7 +173,7 @@ class Node:
             sys.stdout.flush()
             sys.stderr.flush()
             self.logs.flush()
-            self.report("exited")
+            self.report(NodeState.EXITED)
             os._exit(code)
 
     def _poll_loop(self) -> None:
@@ -181,8 +181,7 @@ class Node:
         orphan_after = C.get_float(C.ORPHAN_TIMEOUT_SECS)
         while True:
             try:
-                reply = self.client.call("Poll", {"executor_id": self.p.executor_id, "seq": seq,
-                                                  "stats": self.stats()},
+                reply = self.client.poll(self.p.executor_id, seq, self.stats(),
                                          timeout=C.get_float(C.POLL_HOLD_SECS) + 10)
             except TFOSError as exc:
                 if time.monotonic() - last_contact > orphan_after:
@@ -196,7 +195,7 @@ class Node:
                 self._handle(event)
 
     def _handle(self, event: dict[str, Any]) -> None:
-        if event["type"] == "stop":
+        if event["type"] == Event.STOP:
             if self._main_running and self.p.job_name not in SERVING_JOBS:
                 log.warning("%s stopped by the driver while main_fun runs: %s", self.name, event.get("reason"))
             self.exit(0)
