@@ -317,3 +317,46 @@ def test_estimator_fit_logs_to_the_active_run(sc, experiment, tmp_path, no_lefto
     predicted = np.asarray(mlflow.pyfunc.load_model(run.data.tags["tfos.model"]).predict(x))
     local = tf_keras.models.load_model(str(tmp_path / "export"), compile=False).predict(x, verbose=0)
     np.testing.assert_allclose(predicted, local, atol=1e-5)  # the chief's SavedModel, as logged
+
+
+# ---- CrossValidator: each trial a child run ----------------------------------------------------------
+def cv_train_fn(args, ctx):
+    """A linear fit reporting its last loss; saves its model where its trial's export_dir says."""
+    import tensorflow as tf
+
+    feed = ctx.get_data_feed(input_mapping=args.input_mapping)
+    model = tf.keras.Sequential([tf.keras.Input(shape=(2,), name="x"), tf.keras.layers.Dense(1, name="y")])
+    model.compile(optimizer=tf.keras.optimizers.SGD(args.learning_rate), loss="mse")
+    history = model.fit(feed.as_dataset(16).map(lambda d: (d["x"], d["y"])), epochs=args.epochs, verbose=0)
+    ctx.report(step=args.epochs, loss=history.history["loss"][-1])
+    model.save(args.export_dir)
+
+
+def test_cross_validator_trials_become_child_runs(sc, experiment, tmp_path, no_leftovers):
+    from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
+    from pyspark.sql import SparkSession
+
+    from tests.integration.test_dlp_tuning import RMSE, frame
+    from tfos.ml import TFEstimator
+
+    est = (TFEstimator(cv_train_fn, {"learning_rate": 0.01}).setInputMapping({"x": "x", "y": "y"})
+           .setModelInputMapping({"x": "x"}).setOutputMapping({"y": "prediction"})
+           .setExportDir(str(tmp_path / "model.keras")).setEpochs(2))
+    lr = est.argParam("learning_rate")
+    grid = ParamGridBuilder().addGrid(lr, [0.01, 0.1]).build()
+    cv = CrossValidator(estimator=est, estimatorParamMaps=grid, evaluator=RMSE.make(), numFolds=2, seed=1)
+    with mlflow.start_run() as parent:
+        cv.fit(frame(SparkSession(sc)))
+    client = mlflow.MlflowClient()
+    children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 4  # 2 folds x 2 grid points, trained as parallel single-node trials
+    assert len(client.search_runs([experiment])) == 5  # and nothing else but the parent
+    assert sorted(r.data.params["learning_rate"] for r in children) == ["0.01", "0.01", "0.1", "0.1"]
+    for child in children:
+        assert child.info.status == "FINISHED" and child.data.params["args.epochs"] == "2"
+        assert child.data.metrics["loss"] > 0 and child.data.tags["tfos.model_flavor"] == "tensorflow"
+        assert child.data.tags["tfos.model"].startswith("models:/")
+    # the best grid point's refit on all the data is a tfos cluster, tracked in the parent run itself
+    refit = client.get_run(parent.info.run_id)
+    assert refit.data.params["tfos.num_executors"] == "1" and "tfos.model" in refit.data.tags
+    assert "loss" in refit.data.metrics

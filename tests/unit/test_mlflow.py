@@ -218,3 +218,56 @@ def test_the_chief_model_file_says_which_keras_saved_it(tmp_path):
     assert _mlflow.find_model(str(saved)) is None  # a plain SavedModel: logged as files
     (saved / "keras_metadata.pb").write_bytes(b"")
     assert _mlflow.find_model(str(saved)) == (str(saved), "tensorflow")
+
+
+# ---- fitMultiple's trials as child runs ------------------------------------------------------------
+class FakeTrialRuns:
+    """Stands in for TrialRuns: records the runs started and how they ended."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[int, dict[str, str]]] = []
+        self.ended: dict[str, bool] = {}
+
+    def start(self, index: int, params: dict[str, str]) -> str:
+        self.started.append((index, params))
+        return f"child-{index}"
+
+    def finish(self, run_id: str, failed: bool, metrics: Any = None, export_uri: Any = None) -> None:
+        self.ended[run_id] = failed
+
+
+class ClusterTrial:
+    """A trial that needs a cluster: fit() sees the child run it should log to."""
+
+    def __init__(self, fails: bool = False) -> None:
+        self.fails, self.logged_to = fails, None
+
+    def _parallel_trials(self) -> bool:
+        return False
+
+    def fit(self, dataset: Any) -> str:
+        self.logged_to = getattr(self, "_mlflow_run", None)
+        if self.fails:
+            raise ValueError("trial failed")
+        return f"model in {self.logged_to}"
+
+
+def test_trials_on_clusters_log_to_child_runs_with_their_grid_point():
+    from tfos.ml import _tuning
+
+    runs, trials = FakeTrialRuns(), [ClusterTrial(), ClusterTrial()]
+    grid = [{"learning_rate": 0.1, "cluster_size": 2}, {"learning_rate": 0.2, "cluster_size": 2}]
+    assert list(_tuning._Trials("rows", trials, grid, runs)) == [(0, "model in child-0"), (1, "model in child-1")]
+    assert runs.started == [(0, {"learning_rate": "0.1", "cluster_size": "2"}),
+                            (1, {"learning_rate": "0.2", "cluster_size": "2"})]
+    assert runs.ended == {"child-0": False, "child-1": False}
+
+
+def test_a_failing_trial_fails_its_child_run_and_those_after_it():
+    from tfos.ml import _tuning
+
+    runs = FakeTrialRuns()
+    trials = [ClusterTrial(), ClusterTrial(fails=True), ClusterTrial()]
+    with pytest.raises(ValueError, match="trial failed"):
+        list(_tuning._Trials("rows", trials, [{}, {}, {}], runs))
+    assert runs.ended == {"child-0": False, "child-1": True, "child-2": True}

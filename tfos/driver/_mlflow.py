@@ -26,7 +26,9 @@ to MLflow through; nodes never import mlflow. It logs into one run:
   found there is logged as plain artifacts under ``export/``.
 
 A run tfos started is ended with FINISHED or FAILED when the cluster stops; a run the
-user passed or had active is left open for them.
+user passed or had active is left open for them. :class:`TrialRuns` makes the trials of
+``TFEstimator.fitMultiple`` (CrossValidator, TrainValidationSplit) child runs of the
+driver's active run.
 """
 
 from __future__ import annotations
@@ -113,17 +115,24 @@ def params_of(config: ClusterConfig, roles: str, tf_args: Any) -> dict[str, str]
         "tfos.keras": {2: "tf-keras", 3: "keras3"}.get(config.keras, "default (tf-keras)"),
         "tfos.max_restarts": config.max_restarts, "tfos.num_gpus": config.num_gpus,
     }
+    return {**{key: str(value) for key, value in params.items()}, **plain_args(tf_args)}
+
+
+def plain_args(tf_args: Any) -> dict[str, str]:
+    """``{"args.<name>": value}`` for each plain value (str, int, float, bool) of ``args``."""
     if hasattr(tf_args, "__dict__") and not isinstance(tf_args, type):
         items = vars(tf_args).items()  # argparse.Namespace, tfos.ml's Namespace
     elif isinstance(tf_args, dict):
         items = tf_args.items()
     else:
         items = ()
-    for name, value in items:
-        # Plain values only: a long list or an object says nothing useful as a param.
-        if isinstance(name, str) and isinstance(value, (str, int, float, bool)) and len(str(value)) <= _PARAM_MAX:
-            params[f"args.{name}"] = value
-    return {key: str(value) for key, value in params.items()}
+    # Plain values only: a long list or an object says nothing useful as a param.
+    return {f"args.{name}": str(value) for name, value in items
+            if isinstance(name, str) and _plain(value)}
+
+
+def _plain(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool)) and len(str(value)) <= _PARAM_MAX
 
 
 def node_key(role: str) -> str:
@@ -296,29 +305,88 @@ class Tracker:
 
     # ---- the chief's model ---------------------------------------------------------------
     def log_export(self) -> None:
-        """Logs what the chief saved in ``export_dir``: a Keras model as an MLflow model, the rest as files."""
-        if self.export_uri is None or self.run_id is None:
-            return
-        with tempfile.TemporaryDirectory(prefix="tfos-export-") as tmp:
-            path = local_export(self.export_uri, tmp)
-            if path is None:
-                log.warning("export_dir=%s is empty or missing after the run: no model to log to MLflow (save "
-                            "it on the chief, e.g. model.save(os.path.join(ctx.export_dir, 'model.keras')))",
-                            self.export_uri)
-                self._set_tags({"tfos.model": f"nothing found in {self.export_uri}"})
-                return
-            found = find_model(path)
-            if found is None:
-                if os.path.isfile(path):
-                    self.client.log_artifact(self.run_id, path, "export")
-                else:
-                    self.client.log_artifacts(self.run_id, path, "export")
-                self._set_tags({"tfos.model": f"no Keras model in {self.export_uri}; logged its files as export/"})
-                return
-            model_path, flavor = found
-            self.model_uri = log_keras_model(self.mlflow, self.run_id, model_path, flavor)
-            self._set_tags({"tfos.model": self.model_uri, "tfos.model_flavor": flavor})
-            log.info("tfos logged the chief's model %s to MLflow as %s", model_path, self.model_uri)
+        """Logs what the chief saved in ``export_dir`` (see :func:`log_export`)."""
+        if self.export_uri is not None and self.run_id is not None:
+            self.model_uri = log_export(self.mlflow, self.run_id, self.export_uri)
+
+
+def log_export(mlflow: Any, run_id: str, export_uri: str) -> str | None:
+    """Logs a Keras model found at ``export_uri`` as the run's MLflow model (other files as plain artifacts).
+
+    Returns the model's URI, or None when there was no Keras model. Tags the run with what was found.
+    """
+    client = mlflow.MlflowClient()
+    with tempfile.TemporaryDirectory(prefix="tfos-export-") as tmp:
+        path = local_export(export_uri, tmp)
+        if path is None:
+            log.warning("export_dir=%s is empty or missing after the run: no model to log to MLflow (save it on the "
+                        "chief, e.g. model.save(os.path.join(ctx.export_dir, 'model.keras')))", export_uri)
+            client.set_tag(run_id, "tfos.model", f"nothing found in {export_uri}")
+            return None
+        found = find_model(path)
+        if found is None:
+            if os.path.isfile(path):
+                client.log_artifact(run_id, path, "export")
+            else:
+                client.log_artifacts(run_id, path, "export")
+            client.set_tag(run_id, "tfos.model", f"no Keras model in {export_uri}; logged its files as export/")
+            return None
+        model_path, flavor = found
+        model_uri = log_keras_model(mlflow, run_id, model_path, flavor)
+        client.log_batch(run_id, tags=[mlflow.entities.RunTag("tfos.model", model_uri),
+                                       mlflow.entities.RunTag("tfos.model_flavor", flavor)])
+        log.info("tfos logged the model %s to MLflow as %s", model_path, model_uri)
+        return model_uri
+
+
+class TrialRuns:
+    """Child runs of the driver's active MLflow run for ``fitMultiple``'s trials (CrossValidator, ...).
+
+    Each trial gets a run named ``trial <i>`` under the parent, with its grid point's params.
+    A trial on a tfos cluster is tracked by its :class:`Tracker` (``mlflow_run=``); a parallel
+    single-node trial gets its plain ``args``, its last ``ctx.report`` values and its model here.
+    """
+
+    def __init__(self, mlflow: Any, parent: str) -> None:
+        self.mlflow = mlflow
+        self.parent = parent
+        self.client = mlflow.MlflowClient()
+        self.experiment = self.client.get_run(parent).info.experiment_id
+
+    @classmethod
+    def for_active_run(cls) -> TrialRuns | None:
+        """Child runs of the run active in this thread (``fitMultiple``'s caller's), or None."""
+        parent = active_run_id()
+        return cls(import_mlflow(), parent) if parent is not None else None
+
+    def start(self, index: int, params: dict[str, str]) -> str:
+        run = self.client.create_run(self.experiment, run_name=f"trial {index}",
+                                     tags={"mlflow.parentRunId": self.parent, "tfos.trial": str(index)})
+        entities = self.mlflow.entities
+        self.client.log_batch(run.info.run_id, params=[entities.Param(k, v[:_PARAM_MAX]) for k, v in params.items()])
+        return run.info.run_id
+
+    def finish(self, run_id: str, failed: bool, metrics: dict[str, Any] | None = None,
+               export_uri: str | None = None) -> None:
+        """Logs a parallel trial's last metrics and model, and ends the run. Never raises."""
+        try:
+            numbers = {k: float(v) for k, v in (metrics or {}).items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+            step = metrics.get("step", 0) if metrics else 0
+            if numbers:
+                now = int(time.time() * 1000)
+                self.client.log_batch(run_id, metrics=[
+                    self.mlflow.entities.Metric(k, v, now, int(step) if isinstance(step, (int, float)) else 0)
+                    for k, v in numbers.items()])
+            if export_uri and not failed:
+                log_export(self.mlflow, run_id, export_uri)
+        except Exception:  # noqa: BLE001 - tracking never hides how training ended
+            log.exception("tfos could not finish logging MLflow run %s", run_id)
+        finally:
+            try:
+                self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+            except Exception:  # noqa: BLE001
+                log.exception("tfos could not end MLflow run %s", run_id)
 
 
 def local_export(uri: str, tmp: str) -> str | None:

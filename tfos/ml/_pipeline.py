@@ -203,7 +203,8 @@ class TFEstimator(TunableMixin, Estimator, TFParams, MLReadable, MLWritable):
         cluster = run(sc, self._main(), tf_args, self.getOrDefault(self.cluster_size),
                       num_ps=self.getOrDefault(self.num_ps), tensorboard=self.getOrDefault(self.tensorboard),
                       input_mode=mode, log_dir=self.getOrDefault(self.model_dir),
-                      master_node=self.getOrDefault(self.master_node) or None, export_dir=self._tracked_export())
+                      master_node=self.getOrDefault(self.master_node) or None, export_dir=self._tracked_export(),
+                      mlflow_run=getattr(self, "_mlflow_run", None))
         with cluster:
             if mode == InputMode.SPARK:
                 cluster.train(data, num_epochs=self.getOrDefault(self.epochs))
@@ -222,7 +223,8 @@ class TFEstimator(TunableMixin, Estimator, TFParams, MLReadable, MLWritable):
         from tfos.driver._mlflow import active_run_id
 
         path = self.getOrDefault(self.export_dir)
-        if not path or self.export_fn is not None or active_run_id() is None:
+        tracked = active_run_id() is not None or getattr(self, "_mlflow_run", None) is not None  # a tuning trial's
+        if not path or self.export_fn is not None or not tracked:
             return None
         return path if os.path.isabs(path) or "://" in path else None
 

@@ -18,6 +18,8 @@ with one param map per grid point. :class:`TunableMixin` gives ``TFEstimator``:
   overwrite each other.
 * ``argParam(name)``: a Param for a value in ``args`` (e.g. a learning rate), to put in a
   ``ParamGridBuilder``; its value reaches ``train_fn`` as ``args.<name>``.
+* MLflow: when an MLflow run is active where ``fitMultiple`` is called, each trial is a
+  child run of it (:class:`tfos.driver._mlflow.TrialRuns`).
 
 Training data travels through the driver here: keep tuning sets small (what fits in a
 broadcast), as Deep Learning Pipelines' ``fitMultiple`` did.
@@ -94,6 +96,8 @@ class TunableMixin:
         ``cluster_size=1``), each trial runs as its own Spark task, in parallel across
         executors; otherwise the trials train in turn.
         """
+        from tfos.driver._mlflow import TrialRuns
+
         param_maps = list(paramMaps)
         token = uuid.uuid4().hex[:8]
         trials = []
@@ -102,7 +106,10 @@ class TunableMixin:
             for param in (trial.export_dir, trial.model_dir):
                 trial._set(**{param.name: trial_path(trial.getOrDefault(param), index, token)})
             trials.append(trial)
-        return _Trials(dataset, trials)
+        # Looked up here, in the caller's thread: CrossValidator trains in a thread pool, where
+        # MLflow's (thread-local) active run is not set.
+        grid = [{param.name: value for param, value in param_map.items()} for param_map in param_maps]
+        return _Trials(dataset, trials, grid, TrialRuns.for_active_run())
 
     def _parallel_trials(self) -> bool:
         from tfos.config import InputMode
@@ -116,9 +123,12 @@ class TunableMixin:
 class _Trials:
     """What ``fitMultiple`` returns: trains every trial on the first ``next()``, then hands out models."""
 
-    def __init__(self, dataset: Any, trials: list[Any]) -> None:
+    def __init__(self, dataset: Any, trials: list[Any], grid: list[dict[str, Any]] | None = None,
+                 runs: Any = None) -> None:
         self.dataset = dataset
         self.trials = trials
+        self.grid = grid or [{} for _ in trials]
+        self.runs = runs  # TrialRuns: MLflow child runs of the caller's active run, or None
         self.lock = threading.Lock()
         self.models: list[Any] | None = None
         self.next_index = 0
@@ -140,13 +150,58 @@ class _Trials:
         if not self.trials:
             return []
         # each trial decides for itself: a grid may vary cluster_size or input_mode
-        if not all(trial._parallel_trials() for trial in self.trials):
-            return [trial.fit(self.dataset) for trial in self.trials]
-        return run_trials(self.dataset, self.trials)
+        parallel = all(trial._parallel_trials() for trial in self.trials)
+        run_ids = self._start_runs(parallel)
+        reported: dict[int, dict[str, Any]] = {}
+        models: list[Any] = []
+        try:
+            if not parallel:
+                for trial, run_id in zip(self.trials, run_ids):
+                    trial._mlflow_run = run_id  # its cluster logs there (TFEstimator._fit)
+                    models.append(trial.fit(self.dataset))
+                    self._end_runs(run_ids, parallel, reported, failed=False, only=len(models) - 1)
+            elif self.runs is None:
+                models = run_trials(self.dataset, self.trials)
+            else:
+                models = run_trials(self.dataset, self.trials, reported)
+        except BaseException:
+            # trials that trained keep their FINISHED run; the failing one and those after it fail
+            self._end_runs(run_ids, parallel, reported, failed=True, start=0 if parallel else len(models))
+            raise
+        if parallel:
+            self._end_runs(run_ids, parallel, reported, failed=False)
+        return models
+
+    def _start_runs(self, parallel: bool) -> list[str | None]:
+        if self.runs is None:
+            return [None] * len(self.trials)
+        from tfos.driver._mlflow import plain_args
+
+        run_ids: list[str | None] = []
+        for index, (trial, point) in enumerate(zip(self.trials, self.grid)):
+            params = {name: str(value) for name, value in point.items()}
+            if parallel:  # a trial on a cluster gets these from its tracker
+                params.update(plain_args(trial._tf_args()))
+            run_ids.append(self.runs.start(index, params))
+        return run_ids
+
+    def _end_runs(self, run_ids: list[str | None], parallel: bool, reported: dict[int, dict[str, Any]],
+                  failed: bool, start: int = 0, only: int | None = None) -> None:
+        """Ends the child runs of trials ``start..`` (or trial ``only``)."""
+        for index, (trial, run_id) in enumerate(zip(self.trials, run_ids)):
+            if run_id is None or index < start or (only is not None and index != only):
+                continue
+            export = trial.getOrDefault(trial.export_dir) if parallel else None
+            if export and "://" not in export and not os.path.isabs(export):
+                export = None  # resolved on the executor that ran the trial, not here
+            self.runs.finish(run_id, failed, reported.get(index), export)
 
 
-def run_trials(dataset: Any, trials: list[Any]) -> list[Any]:
-    """Trains each trial (a TFEstimator) as one Spark task over the broadcast data; returns their TFModels."""
+def run_trials(dataset: Any, trials: list[Any], reported: dict[int, dict[str, Any]] | None = None) -> list[Any]:
+    """Trains each trial (a TFEstimator) as one Spark task over the broadcast data; returns their TFModels.
+
+    ``reported``, when given, receives each trial's last ``ctx.report`` values by trial index.
+    """
     from tfos.driver._spark import described
 
     first = trials[0]
@@ -164,10 +219,12 @@ def run_trials(dataset: Any, trials: list[Any]) -> list[Any]:
                       trial.getOrDefault(trial.epochs), data) for index, trial in enumerate(trials)]
     try:
         with described(sc, None, f"tfos fitMultiple: {len(runs)} parallel trials"):
-            sc.parallelize(range(len(runs)), len(runs)).mapPartitionsWithIndex(
+            results = sc.parallelize(range(len(runs)), len(runs)).mapPartitionsWithIndex(
                 lambda index, _: runs[index]()).collect()
     finally:
         data.unpersist()
+    if reported is not None:
+        reported.update(dict(results))
     models = []
     for trial in trials:
         if trial.export_fn is not None:
@@ -210,10 +267,20 @@ class _TrialRun:
         self.epochs = epochs
         self.data = data
 
-    def __call__(self) -> Iterator[int]:
+    def __call__(self) -> Iterator[tuple[int, dict[str, Any]]]:
         ctx = TrialContext(self.index, self.names, self.data.value, self.epochs)
         self.train_fn(self.tf_args, ctx)
-        yield self.index
+        # its last reports go back to the driver (MLflow child runs); numbers as plain floats
+        yield self.index, {k: v if isinstance(v, str) else float(v) for k, v in ctx.metrics.items()
+                           if isinstance(v, str) or _is_number(v)}
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(value, bool)
 
 
 class TrialContext:
@@ -242,7 +309,7 @@ class TrialContext:
         return path if "://" in path or os.path.isabs(path) else os.path.join(self.working_dir, path)
 
     def report(self, **metrics: Any) -> None:
-        """Keeps the trial's last metrics (there is no driver view for trials)."""
+        """Keeps the trial's last metrics; the driver logs them to the trial's MLflow run, if any."""
         self.metrics.update(metrics)
 
     def release_port(self) -> None:
