@@ -98,6 +98,8 @@ class Recorder:
         return SimpleNamespace(info=SimpleNamespace(run_id="run-1"))
 
     def log_batch(self, run_id: str, metrics: Any = (), params: Any = (), tags: Any = ()) -> None:
+        if any(self.params.get(p.key, p.value) != p.value for p in params):
+            raise FakeMlflowError("Changing param values is not allowed")
         self.metrics += [(m.key, m.value, m.step) for m in metrics]
         self.params.update({p.key: p.value for p in params})
         self.tags.update({t.key: t.value for t in tags})
@@ -106,12 +108,17 @@ class Recorder:
         self.ended = status
 
 
+class FakeMlflowError(Exception):
+    pass
+
+
 def fake_mlflow(recorder: Recorder) -> Any:
     def entity(*names: str) -> Any:
         return lambda *values: SimpleNamespace(**dict(zip(names, values)))
 
     return SimpleNamespace(
         MlflowClient=lambda: recorder, get_tracking_uri=lambda: "fake://",
+        exceptions=SimpleNamespace(MlflowException=FakeMlflowError),
         tracking=SimpleNamespace(fluent=SimpleNamespace(_get_experiment_id=lambda: "0")),
         entities=SimpleNamespace(Metric=entity("key", "value", "timestamp", "step"), Param=entity("key", "value"),
                                  RunTag=entity("key", "value")))
@@ -142,10 +149,11 @@ class FakeSupervisor:
     on_failure: Any = None
 
 
-def tracked() -> tuple[_mlflow.Tracker, FakeSupervisor, Recorder]:
-    recorder, sup = Recorder(), FakeSupervisor()
-    tracker = _mlflow.Tracker(fake_mlflow(recorder), ClusterConfig(main_fun=main_fun, num_executors=2), None, None,
-                              None)
+def tracked(recorder: Recorder | None = None, user_run: str | None = None,
+            tf_args: Any = None) -> tuple[_mlflow.Tracker, FakeSupervisor, Recorder]:
+    recorder, sup = recorder or Recorder(), FakeSupervisor()
+    tracker = _mlflow.Tracker(fake_mlflow(recorder), ClusterConfig(main_fun=main_fun, num_executors=2), tf_args,
+                              None, user_run)
     tracker.start(sup, "chief + 1 worker")  # type: ignore[arg-type]
     tracker._stop.set()  # the test samples by hand
     tracker._thread.join()
@@ -170,6 +178,16 @@ def test_each_reported_step_is_logged_once_chief_plain_others_prefixed():
     assert not logged(recorder, "phase") and not logged(recorder, "step")
     assert recorder.params["tfos.num_executors"] == "2"
     assert json.loads(recorder.tags["tfos.nodes"]) == server.cluster_spec()
+
+
+def test_a_second_job_in_the_same_run_is_tracked_though_its_params_differ():
+    recorder = Recorder()
+    tracked(recorder, "user-run", {"lr": 0.1})
+    tracker, sup, _ = tracked(recorder, "user-run", {"lr": 0.2})  # MLflow refuses to change args.lr
+    assert recorder.params["args.lr"] == "0.1"
+    sup.generation.server.report(0, step=1, loss=0.5)
+    tracker.sample()
+    assert logged(recorder, "loss") == [(1, 0.5)]
 
 
 def test_reports_without_a_step_are_counted_and_logged_when_they_change():

@@ -180,8 +180,13 @@ class Tracker:
             self.run_id = run.info.run_id
         log.info("tfos logs this cluster to MLflow run %s (%s)", self.run_id, self.mlflow.get_tracking_uri())
         params = params_of(self.config, roles, self.tf_args)
-        self.client.log_batch(self.run_id, params=[self.mlflow.entities.Param(k, v) for k, v in params.items()],
-                              tags=[self.mlflow.entities.RunTag("tfos.state", "starting")])
+        self._set_tags({"tfos.state": "starting"})
+        try:
+            self.client.log_batch(self.run_id, params=[self.mlflow.entities.Param(k, v) for k, v in params.items()])
+        except self.mlflow.exceptions.MlflowException as exc:
+            # MLflow refuses to change a logged param: a second job in the same (active) run. Track it anyway.
+            log.warning("MLflow run %s keeps its params (%s); this job's are not logged", self.run_id,
+                        str(exc).splitlines()[0])
         previous = sup.on_failure
         sup.on_failure = functools.partial(self._on_failure, previous)
         self._thread = threading.Thread(target=self._loop, name="tfos-mlflow", daemon=True)
