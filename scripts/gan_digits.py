@@ -231,17 +231,14 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> dict:
-    from pyspark import SparkConf, SparkContext, cloudpickle
+    from pyspark import cloudpickle
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from train_digits import spark_context  # spark-submit's context and settings, else a local cluster
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # executors need not find scripts/
     args = parse_args(argv)
-    conf = SparkConf().setAppName("tfos-gan-digits")
-    if args.master or not conf.contains("spark.master"):
-        conf.setMaster(args.master or f"local-cluster[{args.cluster_size},1,1024]")
-        conf.setIfMissing("spark.driver.host", "127.0.0.1").setIfMissing("spark.driver.bindAddress", "127.0.0.1")
-    conf.setIfMissing("spark.ui.enabled", "false").setIfMissing("spark.locality.wait", "0")
-    sc = SparkContext.getOrCreate(conf)
-    sc.setLogLevel("ERROR")
+    sc = spark_context("tfos-gan-digits", args.master, f"local-cluster[{args.cluster_size},1,1024]")
     try:
         report = run(sc, args)
     finally:

@@ -93,13 +93,22 @@ def parse_args(argv=None):
 
 
 def spark_context(app_name: str, master: str | None, default_master: str):
-    """The SparkContext of spark-submit, or one on ``master`` (default: a local cluster) when run with python."""
+    """The SparkContext of spark-submit, or one on ``master`` (default: a local cluster) when run with python.
+
+    Under spark-submit (``tfos submit``) the master and every ``--conf`` live in the JVM that
+    spark-submit started, which this Python reaches through ``PYSPARK_GATEWAY_PORT``; a
+    ``SparkConf`` made before Python has joined that JVM is empty, so join it first.
+    """
     from pyspark import SparkConf, SparkContext
 
-    conf = SparkConf().setAppName(app_name)
+    if "PYSPARK_GATEWAY_PORT" in os.environ:
+        SparkContext._ensure_initialized()  # joins spark-submit's JVM: SparkConf() now loads its settings
+    conf = SparkConf()
     if master or not conf.contains("spark.master"):
         conf.setMaster(master or default_master)
+    if conf.get("spark.master").startswith("local"):  # a cluster on this machine only: stay on loopback
         conf.setIfMissing("spark.driver.host", "127.0.0.1").setIfMissing("spark.driver.bindAddress", "127.0.0.1")
+    conf.setIfMissing("spark.app.name", app_name)
     conf.setIfMissing("spark.ui.enabled", "false").setIfMissing("spark.locality.wait", "0")
     conf.setIfMissing("spark.ui.showConsoleProgress", "false")  # tfos's own progress view shows the nodes
     sc = SparkContext.getOrCreate(conf)

@@ -23,6 +23,10 @@ SERVER_HOST = "TFOS_SERVER_HOST", ""
 SERVER_PORT = "TFOS_SERVER_PORT", "0"
 #: Port or port range for TensorBoard on the chief; 0 picks any.
 TENSORBOARD_PORT = "TFOS_TENSORBOARD_PORT", "0"
+#: Port or port range of each node's TensorFlow server (the TF_CONFIG address peers connect to); 0 picks any.
+NODE_PORT = "TFOS_NODE_PORT", "0"
+#: Port or port range where each fed node takes feeding tasks of other executors; 0 picks any.
+FEED_PORT = "TFOS_FEED_PORT", "0"
 #: Bytes of fed data a node buffers per queue before the feeders wait (back-pressure).
 FEED_BUFFER_BYTES = "TFOS_FEED_BUFFER_BYTES", 64 << 20
 #: Seconds between two progress log lines per node when stderr is not a terminal.
