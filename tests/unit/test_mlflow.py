@@ -190,6 +190,18 @@ def test_a_second_job_in_the_same_run_is_tracked_though_its_params_differ():
     assert logged(recorder, "loss") == [(1, 0.5)]
 
 
+def test_an_unreachable_tracking_server_fails_the_start_naming_the_setting():
+    recorder = Recorder()
+    recorder.create_run = lambda *args, **kwargs: (_ for _ in ()).throw(ConnectionError("connection refused"))
+    tracker = _mlflow.Tracker(fake_mlflow(recorder), ClusterConfig(main_fun=main_fun, num_executors=2), None, None,
+                              None)
+    with pytest.raises(TFOSConfigError, match="could not start an MLflow run at fake://: connection refused.*"
+                                              "MLFLOW_TRACKING_URI.*mlflow=False"):
+        tracker.start(FakeSupervisor(), "chief + 1 worker")  # type: ignore[arg-type]
+    tracker.finish()  # the teardown that follows: nothing to end, nothing raised
+    assert recorder.ended is None
+
+
 def test_reports_without_a_step_are_counted_and_logged_when_they_change():
     tracker, sup, recorder = tracked()
     server = sup.generation.server

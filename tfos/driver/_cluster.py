@@ -342,12 +342,16 @@ class Cluster:
         if metrics is not None:
             self.metrics_port = metrics.port
             sup.on_teardown(metrics.stop)
-        if self._tracker is not None:
-            self._tracker.start(sup, describe(self.template.values()))
-            sup.on_teardown(self._tracker.finish)
+        tracker = self._tracker
+        if tracker is not None:
+            sup.on_teardown(tracker.finish)
         try:
+            if tracker is not None:
+                tracker.start(sup, describe(self.template.values()))
             sup.start()
-        except BaseException:  # incl. Ctrl-C while nodes register: stop what was started
+        except BaseException as exc:  # incl. Ctrl-C while nodes register: stop what was started
+            if tracker is not None:
+                tracker.start_error = exc  # the run ends FAILED, saying why
             sup.teardown("start failed or was interrupted")
             raise
         self._atexit = _register_atexit(self)

@@ -166,6 +166,8 @@ class Tracker:
         self._rates = Rates()
         self._system_at = 0.0
         self._system_step = 0
+        #: Why the cluster did not start, set by Cluster._start: the run then ends FAILED.
+        self.start_error: BaseException | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one sample at a time: the poll thread and finish()
@@ -174,13 +176,20 @@ class Tracker:
     def start(self, sup: Supervisor, roles: str) -> None:
         """Creates (or joins) the run, logs the params, and starts watching ``sup``'s nodes."""
         self._sup, self._gen = sup, sup.generation
-        if self.run_id is None:
-            experiment = self.mlflow.tracking.fluent._get_experiment_id()  # honours set_experiment / env vars
-            run = self.client.create_run(experiment, run_name=f"tfos {roles}", tags={"tfos.roles": roles})
-            self.run_id = run.info.run_id
+        try:
+            if self.run_id is None:
+                experiment = self.mlflow.tracking.fluent._get_experiment_id()  # honours set_experiment / env vars
+                run = self.client.create_run(experiment, run_name=f"tfos {roles}", tags={"tfos.roles": roles})
+                self.run_id = run.info.run_id
+            self._set_tags({"tfos.state": "starting"})
+        except Exception as exc:
+            raise TFOSConfigError(
+                f"could not {'start' if self.run_id is None else 'log to'} an MLflow run at "
+                f"{self.mlflow.get_tracking_uri()}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. "
+                "Set MLFLOW_TRACKING_URI (or call mlflow.set_tracking_uri) to a tracking server this driver "
+                "reaches, or pass mlflow=False") from exc
         log.info("tfos logs this cluster to MLflow run %s (%s)", self.run_id, self.mlflow.get_tracking_uri())
         params = params_of(self.config, roles, self.tf_args)
-        self._set_tags({"tfos.state": "starting"})
         try:
             self.client.log_batch(self.run_id, params=[self.mlflow.entities.Param(k, v) for k, v in params.items()])
         except self.mlflow.exceptions.MlflowException as exc:
@@ -204,13 +213,21 @@ class Tracker:
             self._thread.join(timeout=5)
         if self.run_id is None:
             return
+        if self._thread is None:  # start() itself failed: talk to the server no more than to end the run
+            if self.owns_run:
+                try:
+                    self.client.set_terminated(self.run_id, "FAILED")
+                except Exception:  # noqa: BLE001
+                    log.exception("tfos could not end MLflow run %s", self.run_id)
+            return
         sup = self._sup
-        failed = sup is not None and sup.failure is not None
+        failure = sup.failure if sup is not None and sup.failure is not None else self.start_error
+        failed = failure is not None
         try:
             self.sample(final=True)
-            tags = {"tfos.state": sup.state.value if sup is not None else "stopped"}
-            if sup is not None and sup.failure is not None:
-                tags["tfos.failure"] = str(sup.failure).splitlines()[0][:_PARAM_MAX]
+            tags = {"tfos.state": "failed" if failed else sup.state.value if sup is not None else "stopped"}
+            if failure is not None:
+                tags["tfos.failure"] = (str(failure).splitlines() or [type(failure).__name__])[0][:_PARAM_MAX]
             self._set_tags(tags)
             if not failed and self.export_uri:
                 self.log_export()
