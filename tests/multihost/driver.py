@@ -36,7 +36,8 @@ def _ready(args: dict, ctx) -> None:
     _write(args["out"], f"ready-{ctx.job_name}-{ctx.task_index}.json",
            {"pid": os.getpid(), "job": ctx.job_name, "index": ctx.task_index,
             "tf_config": json.loads(os.environ.get("TF_CONFIG", "{}")),
-            "listening": sorted(c.laddr[1] for c in connections if c.status == psutil.CONN_LISTEN)})
+            "listening": sorted(c.laddr[1] for c in connections if c.status == psutil.CONN_LISTEN),
+            "tfos": sys.modules["tfos"].__file__})
 
 
 # ---- node functions (run on executors, pickled by value with this script) --------------------

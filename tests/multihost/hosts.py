@@ -30,6 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
+#: tfos's source tree for every process on the hosts (PYTHONPATH): this checkout, or another one to compare with.
+SOURCE = os.environ.get("TFOS_MULTIHOST_SOURCE", str(ROOT))
 PREFIX = "tfosmh"
 BRIDGE = "tfosmh-br"
 NET = "198.18.0"
@@ -64,7 +66,7 @@ class Host:
         env = dict(os.environ, SPARK_LOCAL_IP=self.ip, SPARK_LOCAL_HOSTNAME=self.ip, SPARK_LOCAL_DIRS=str(self.home /
                    "local"), SPARK_LOG_DIR=str(self.home / "logs"), TMPDIR=str(self.tmp),
                    TFOS_FEED_CACHE_DIR=str(self.home / "cache"), PYSPARK_PYTHON=PYTHON,
-                   PYSPARK_DRIVER_PYTHON=PYTHON, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2",
+                   PYSPARK_DRIVER_PYTHON=PYTHON, PYTHONPATH=SOURCE, TF_CPP_MIN_LOG_LEVEL="2",
                    TF_USE_LEGACY_KERAS="1", PATH=f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}")
         env.pop("PYSPARK_GATEWAY_PORT", None)
         env.pop("PYSPARK_GATEWAY_SECRET", None)
