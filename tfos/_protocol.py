@@ -27,6 +27,11 @@ after which the feeder sends ``data`` frames and ``end``; the node answers ``ack
 ``terminated`` at any time (its ``main_fun`` stopped reading). Both sides prove they
 hold the generation's key against the other's fresh nonce, so a recorded session
 cannot be replayed and neither a fake node nor a fake feeder learns anything.
+
+Exactly once: in training, ``ready`` also carries ``skip`` and ``fingerprint``, the rows
+of this epoch's partition (a stream's micro-``batch``) the node already holds from an
+earlier attempt of the Spark task. A retry skips them after showing by the fingerprint
+that they are the same rows; an older attempt still sending gets ``superseded``.
 """
 
 from __future__ import annotations
@@ -106,6 +111,7 @@ class FeedOp(_Str):
     RESULTS = "results"
     DONE = "done"
     TERMINATED = "terminated"
+    SUPERSEDED = "superseded"  # a newer attempt of this Spark task feeds the partition now
 
 
 class FeedErrorKind(_Str):

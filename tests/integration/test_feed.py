@@ -95,6 +95,22 @@ def test_inference_returns_one_result_per_row_in_order(sc, no_leftovers):
         assert results.collect() == expected
 
 
+def test_a_reader_that_stops_early_gets_its_rows_and_the_cluster_serves_on(sc, no_leftovers):
+    from pyspark.sql import SparkSession
+
+    n = 40_000  # far more rows than the first results: the node still has rows queued when take() leaves
+    data = rows_rdd(sc, n, 4, dim=3)
+    expected = [float((np.full(3, i, np.float32) ** 2).sum()) + i for i in range(n)]
+    spark = SparkSession(sc)
+    with tfos.run(sc, square_sum, None, 2, input_mode=tfos.InputMode.SPARK) as cluster:
+        assert cluster.inference(data).take(3) == expected[:3]
+        assert cluster.inference(data).first() == expected[0]
+        as_df = spark.createDataFrame(cluster.inference(data).map(lambda v: (v,)), ["y"])
+        assert [r.y for r in as_df.limit(5).collect()] == expected[:5]
+        assert cluster.inference(data).collect() == expected  # every node still serves, in full
+        assert cluster.state is tfos.ClusterState.RUNNING
+
+
 def two_queues(args, ctx):
     counts = {}
     for q in ("train", "validation"):

@@ -6,6 +6,7 @@ session's), as a user's would be.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ import pytest
 
 import tfos
 from tests.integration.conftest import wait_until
+from tfos._security import Credential, RunSigner
 
 pytestmark = pytest.mark.slow
 
@@ -79,8 +81,10 @@ def test_reserve_detached_runs_twice_logs_fails_a_run_and_releases_cleanly(tmp_p
     assert '"chief": ["127.0.0.1:' in reserved.stdout and "worker" in reserved.stdout
     assert stat.S_IMODE(os.stat(handle).st_mode) == 0o600
     info = json.loads(handle.read_text())
-    secret, pid, spec = info["secret"], info["pid"], info["cluster_spec"]
-    assert secret not in reserved.stdout + reserved.stderr + (tmp_path / "h.handle.log").read_text()
+    pid, spec = info["pid"], info["cluster_spec"]
+    shown_anywhere = reserved.stdout + reserved.stderr + (tmp_path / "h.handle.log").read_text()
+    for key in (info["tls"]["key"], info["run_key"]):
+        assert "PRIVATE KEY" in key and key.splitlines()[1] not in shown_anywhere
 
     time.sleep(3)  # idle for longer than the heartbeat timeout: held nodes between runs must not count as silent
     shown = cli("status", str(handle))
@@ -171,24 +175,61 @@ def test_bad_input_gets_a_clear_error_and_exit_code(tmp_path):
     assert "Spark has 1 executor(s)" in few.stderr and not (tmp_path / "few.handle").exists()
 
     gone = tmp_path / "gone.handle"
-    gone.write_text(json.dumps({"name": "old", "address": "127.0.0.1:9", "secret": "x", "cluster_spec": {},
+    gone.write_text(json.dumps({"name": "old", "address": "127.0.0.1:9", "tls": Credential.make().to_json(),
+                                "run_key": RunSigner.make().private_pem.decode(), "cluster_spec": {},
                                 "master": MASTER, "app_id": "app", "host": socket.gethostname(), "pid": 999999}))
+    gone.chmod(0o600)
     answer = cli("status", str(gone))
     assert answer.returncode == 1 and "does not answer" in answer.stderr and "reserve again" in answer.stderr
 
 
-def test_a_wrong_secret_is_refused(tmp_path, no_leftovers):
+def write_private(path, data):
+    path.write_text(json.dumps(data))
+    path.chmod(0o600)
+
+
+def write_marker(args, ctx):
+    open(os.path.join(args, f"ran-{ctx.job_name}-{os.getpid()}"), "w").close()
+
+
+def test_another_key_a_forged_signature_and_a_replayed_submit_are_refused(tmp_path, no_leftovers):
+    from tfos._security import RunSigner, new_run_id
+    from tfos.driver._cluster import _pickle_main
+
     handle = tmp_path / "s.handle"
     reserve_detached(handle)
     try:
-        forged = tmp_path / "forged.handle"
         data = json.loads(handle.read_text())
-        forged.write_text(json.dumps(dict(data, secret="0" * 32)))
+        forged = tmp_path / "forged.handle"
+        write_private(forged, dict(data, tls=Credential.make().to_json()))  # another cluster's TLS key
         refused = cli("status", str(forged))
-        assert refused.returncode == 3 and "refused the secret" in refused.stderr
+        assert refused.returncode == 3 and "refused the keys" in refused.stderr
         script = tmp_path / "job.py"
         script.write_text(JOB)
         refused = cli("run", str(forged), str(script), str(tmp_path), "x")
         assert refused.returncode == 3 and not list(tmp_path.glob("x-*.json"))
+
+        # the control plane's TLS key alone (what every held node has) cannot sign code
+        unsigned = tmp_path / "unsigned.handle"
+        write_private(unsigned, dict(data, run_key=RunSigner.make().private_pem.decode()))
+        refused = cli("run", str(unsigned), str(script), str(tmp_path), "y")
+        assert refused.returncode == 3 and "not signed with this reservation's key" in refused.stderr
+        assert not list(tmp_path.glob("y-*.json"))
+
+        # a captured Submit, replayed: refused, and its main_fun runs once
+        out = tmp_path / "out"
+        out.mkdir()
+        blob = _pickle_main(write_marker, str(out))
+        run = new_run_id()
+        submit = {"main": base64.b64encode(blob).decode(), "run": run,
+                  "sig": RunSigner(data["run_key"].encode()).sign(run, blob), "keras": None}
+        cluster = tfos.attach(handle)
+        assert cluster._call("Submit", submit)["ok"]
+        assert wait_until(lambda: cluster._call("RunState", {"run": run, "wait": 1.0}).get("done"), timeout=120)
+        with pytest.raises(tfos.AuthError, match="submitted before"):
+            cluster._call("Submit", submit)
+        time.sleep(2)
+        assert sorted(name.rsplit("-", 1)[0] for name in os.listdir(out)) == ["ran-chief", "ran-worker"]
+        assert cli("status", str(handle)).returncode == 0  # the reservation serves on
     finally:
         assert cli("release", str(handle)).returncode == 0

@@ -19,10 +19,12 @@ def test_parser_requires_a_command():
 
 
 def test_doctor_flags_settings_that_break_reservation(capsys):
-    code = main(["doctor", "--conf", "spark.dynamicAllocation.enabled=true", "--conf", "spark.executor.cores=4"])
+    code = main(["doctor", "--conf", "spark.dynamicAllocation.enabled=true", "--conf", "spark.executor.cores=4",
+                 "--conf", "spark.speculation=true"])
     out = capsys.readouterr().out
     assert code == 1
     assert "Fix: --conf spark.dynamicAllocation.enabled=false" in out
+    assert "Fix: --conf spark.speculation=false" in out
     assert "Fix: --conf spark.task.cpus=4" in out
 
 

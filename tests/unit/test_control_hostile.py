@@ -227,3 +227,31 @@ def test_authenticated_calls_are_bounded_too(server):
             client.call("Log", {"executor_id": 0, "lines": ["x"] * 1001})
     finally:
         client.close()
+
+
+_AT_EXIT = """
+import atexit
+from tfos._roles import cluster_template
+from tfos._rpc import ControlClient
+from tfos._security import Credential
+from tfos.driver._server import ControlServer
+
+credential = Credential.make()
+server = ControlServer(cluster_template(1, 0, "chief", False), credential)
+client = ControlClient(f"127.0.0.1:{server.start('127.0.0.1')}", credential)
+
+def at_exit():  # what a driver's atexit teardown does: the control server must still answer
+    try:
+        client.call("Register", {"executor_id": 0, "job_name": "chief", "task_index": 0, "host": "127.0.0.1",
+                                 "port": 1, "hostname": "h", "workdir": "/w", "pid": 1}, timeout=10)
+        print("SERVED", flush=True)
+    except Exception as exc:
+        print("FAILED", exc, flush=True)
+
+atexit.register(at_exit)
+"""
+
+
+def test_the_control_server_still_answers_during_interpreter_exit():
+    ran = subprocess.run([sys.executable, "-c", _AT_EXIT], capture_output=True, text=True, timeout=60)
+    assert "SERVED" in ran.stdout, ran.stdout + ran.stderr[-2000:]

@@ -21,8 +21,9 @@ from tfos._paths import cache_dir
 from tfos._security import TLS_NAME, Credential, feed_token
 from tfos.errors import AuthError, TFOSError
 from tfos.feed import _hub
-from tfos.feed._feeder import Consumer, Feeder, NodeGone
+from tfos.feed._feeder import Consumer, Feeder, NodeGone, Superseded
 from tfos.feed._hub import FeedHub
+from tfos.feed._protocol import recv_frame, send_frame
 
 CRED = Credential.make()
 CLUSTER = "c0ffee" * 6
@@ -57,9 +58,9 @@ def feeder(address, tls: bool, credential: Credential = CRED, **fields) -> Feede
 
 def feed(address, tls: bool, rows, **fields) -> int:
     f = feeder(address, tls, **fields)
-    consumer, sock = f._connect(3)
+    consumer, sock, resume = f._connect(3)
     with sock:
-        return f._train(sock, consumer, 3, iter(rows))
+        return f._train(sock, consumer, 3, iter(rows), resume)
 
 
 def taken(hub, qname="input") -> list[int]:
@@ -308,3 +309,68 @@ def test_a_recording_relay_sees_no_key_and_a_replayed_session_adds_no_rows(hub):
                 pass
     time.sleep(0.3)
     assert taken(hub) == [], "a replayed feed session delivered rows"
+
+
+# ---- exactly once across Spark task attempts -------------------------------------------------------------------
+def feed_attempt(monkeypatch, address, tls, rows, attempt, fail_after=None):
+    """One attempt of a feeding task for partition 3; ``fail_after`` rows in, it dies as a failed task does."""
+    from tfos.feed import _feeder
+
+    monkeypatch.setattr(_feeder, "_attempt", lambda: attempt)
+
+    def source():
+        for i, row in enumerate(rows):
+            if i == fail_after:
+                raise RuntimeError("the task failed")
+            yield row
+
+    return feed(address, tls, source())
+
+
+def test_a_retried_feeding_task_delivers_every_row_exactly_once(hub, monkeypatch):
+    hub, address, tls = hub
+    monkeypatch.setenv("TFOS_FEED_CHUNK_BYTES", str(8 * 500))  # 500 rows a chunk: the failure comes mid-partition
+    rows = list(range(10_000))
+    with pytest.raises(RuntimeError, match="the task failed"):
+        feed_attempt(monkeypatch, address, tls, rows, attempt=0, fail_after=5_000)
+    assert feed_attempt(monkeypatch, address, tls, rows, attempt=1) == 10_000  # the node's count, across attempts
+    time.sleep(0.2)
+    assert taken(hub) == rows
+    with pytest.raises(Superseded, match="attempt 1 of this Spark task feeds node worker:0"):  # a straggler
+        feed_attempt(monkeypatch, address, tls, rows, attempt=0)
+    assert taken(hub) == []
+
+
+def test_a_retry_that_yields_other_rows_is_a_feed_data_error_naming_the_partition(hub, monkeypatch):
+    from tfos.errors import FeedDataError
+
+    hub, address, tls = hub
+    monkeypatch.setenv("TFOS_FEED_CHUNK_BYTES", str(8 * 500))
+    with pytest.raises(RuntimeError):
+        feed_attempt(monkeypatch, address, tls, list(range(10_000)), attempt=0, fail_after=5_000)
+    changed = [i + 1 if i == 1234 else i for i in range(10_000)]  # a non-deterministic source
+    with pytest.raises(FeedDataError, match="partition 3 of queue 'input' yielded other rows .* retried"):
+        feed_attempt(monkeypatch, address, tls, changed, attempt=1)
+    with pytest.raises(FeedDataError, match="partition 3 .* only 3000 rows"):
+        feed_attempt(monkeypatch, address, tls, list(range(3000)), attempt=2)
+    assert taken(hub) == list(range(5_000))  # only the first attempt's rows, once
+
+
+def test_a_newer_attempt_supersedes_one_still_sending(hub, monkeypatch):
+    from tfos.feed import _feeder
+
+    hub, address, tls = hub
+    monkeypatch.setenv("TFOS_FEED_CHUNK_BYTES", str(8 * 500))
+    monkeypatch.setattr(_feeder, "_attempt", lambda: 0)
+    old = feeder(address, tls)
+    consumer, sock, _ = old._connect(3)
+    with sock:
+        for columns, schema in old._chunks(3, iter(range(2_000))):
+            send_frame(sock, {"op": "data", "schema": schema}, columns)
+        time.sleep(0.3)
+        assert feed_attempt(monkeypatch, address, tls, list(range(10_000)), attempt=1) == 10_000
+        columns, schema = next(old._chunks(3, iter(range(2_000, 2_500))))  # the old attempt goes on: dropped
+        send_frame(sock, {"op": "data", "schema": schema}, columns)
+        assert recv_frame(sock)[0] == {"op": "superseded", "attempt": 1}
+    time.sleep(0.2)
+    assert taken(hub) == list(range(10_000))

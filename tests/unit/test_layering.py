@@ -1,9 +1,10 @@
-"""Imports point down: executor/ never imports driver/, feed/ neither, and the neutral leaves import neither."""
+"""Imports point down, and the protocol's method names are written once (tfos/_protocol.py)."""
 
 import ast
 import pathlib
 
 import tfos
+from tfos._protocol import Method
 
 ROOT = pathlib.Path(tfos.__file__).parent
 UPPER = ("driver", "executor", "feed", "ml", "compat", "cli")
@@ -37,3 +38,10 @@ def test_imports_point_down():
                 upward.append(f"tfos/{path} imports {name}")
     assert not upward, "upward imports; move the shared piece into a neutral module:\n" + "\n".join(upward)
 
+
+def test_method_names_are_written_once():
+    """No module but tfos/_protocol.py spells a control method (in a ``.call(...)``, a handler map, ...)."""
+    names = {m.value for m in Method}
+    literal = [f"tfos/{path}:{node.lineno} {node.value!r}" for path, tree in trees() if str(path) != "_protocol.py"
+               for node in ast.walk(tree) if isinstance(node, ast.Constant) and node.value in names]
+    assert not literal, "use tfos._protocol.Method (or a tfos._rpc.NodeClient method):\n" + "\n".join(literal)

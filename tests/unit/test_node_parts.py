@@ -4,6 +4,7 @@ import socket
 
 import pytest
 
+from tfos._rpc import NodeClient
 from tfos.errors import TFOSError
 from tfos.executor._bootstrap import _bind_tcp, set_keras
 from tfos.executor._logs import LogShipper
@@ -25,7 +26,7 @@ def test_log_shipper_sends_only_new_complete_lines(tmp_path):
     path = tmp_path / "node.log"
     path.write_bytes(b"before the node started\n")
     client = RecordingClient()
-    shipper = LogShipper(client, 3, str(path), offset=path.stat().st_size)
+    shipper = LogShipper(NodeClient(client), 3, str(path), offset=path.stat().st_size)
     with open(path, "ab") as f:
         f.write(b"first\nsecond\npart")
     shipper._ship(timeout=1)
@@ -40,7 +41,7 @@ def test_log_shipper_sends_only_new_complete_lines(tmp_path):
 def test_a_broken_log_channel_never_raises(tmp_path, error):
     path = tmp_path / "node.log"
     path.write_text("a\nb\n")
-    shipper = LogShipper(RecordingClient(error), 0, str(path), offset=0)
+    shipper = LogShipper(NodeClient(RecordingClient(error)), 0, str(path), offset=0)
     shipper._ship(timeout=1)
     shipper.flush()
     if isinstance(error, TFOSError):
@@ -55,8 +56,10 @@ def test_port_range_skips_ports_in_use_and_names_the_setting_when_full():
         if free is not None:
             assert free.getsockname()[1] == port + 1
             free.close()
-        with pytest.raises(TFOSError, match="TFOS_TENSORBOARD_PORT"):
+        with pytest.raises(TFOSError, match="TFOS_NODE_PORT"):
             _bind_tcp(ports=range(port, port + 1))
+        with pytest.raises(TFOSError, match="TFOS_FEED_PORT"):
+            _bind_tcp(ports=range(port, port + 1), setting=("TFOS_FEED_PORT", "0"))
 
 
 @pytest.mark.parametrize("keras, executor_env, node_env", [

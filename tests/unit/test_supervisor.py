@@ -236,3 +236,27 @@ def test_describe_names_roles_as_the_spark_ui_shows_them():
     assert describe(cluster_template(3, 0, "chief", False).values()) == "chief + 2 workers"
     assert describe(cluster_template(4, 1, "chief", True).values()) == "chief + 1 worker + 1 ps + evaluator"
     assert describe(cluster_template(2, 0, None, False).values()) == "2 workers"
+
+
+def test_a_stalled_driver_does_not_blame_the_nodes_for_its_own_silence(monkeypatch):
+    import sys
+
+    monkeypatch.setenv("TFOS_HEARTBEAT_TIMEOUT_SECS", "1.5")
+    jobs = FakeJobs()
+    sup = supervisor(jobs)
+    sup.start()
+    try:
+        wait_for(lambda: all(n.state == "running" for n in sup.server.nodes().values()))
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(30)  # this thread keeps the GIL: every other driver thread stalls, as in a long C call
+        try:
+            end = time.monotonic() + 4
+            while time.monotonic() < end:
+                pass
+        finally:
+            sys.setswitchinterval(interval)
+        time.sleep(2)  # the monitor looks again, more than once
+        assert sup.failure is None and sup.state is S.RUNNING
+    finally:
+        sup.begin_stop()
+        sup.teardown("done")

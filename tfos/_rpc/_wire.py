@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
 from collections.abc import Callable, Collection, Mapping
 from concurrent import futures
 from typing import Any
@@ -73,6 +75,43 @@ def _guarded(name: str, handler: Handler, limit: int) -> Callable[[bytes, grpc.S
     return call
 
 
+class _Pool:
+    """The handlers' threads. Not a ``concurrent.futures.ThreadPoolExecutor``: CPython shuts those down at
+    interpreter exit *before* atexit hooks run, and the control server must keep answering until the
+    atexit teardown has told every node to stop."""
+
+    def __init__(self, workers: int) -> None:
+        self._work: queue.SimpleQueue[tuple[futures.Future, Callable[..., Any], tuple, dict] | None] = \
+            queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._run, name=f"tfos-rpc-{i}", daemon=True)
+                         for i in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> futures.Future:
+        future: futures.Future = futures.Future()
+        self._work.put((future, fn, args, kwargs))
+        return future
+
+    def shutdown(self, wait: bool = True, **_: Any) -> None:
+        for _thread in self._threads:
+            self._work.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join(5)
+
+    def _run(self) -> None:
+        while (item := self._work.get()) is not None:
+            future, fn, args, kwargs = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args, **kwargs))
+                except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+                    future.set_exception(exc)
+            # gRPC releases a call's HTTP/2 stream when its objects are freed: hold nothing while idle
+            del item, future, fn, args, kwargs
+
+
 def serve(handlers: Mapping[str, Handler], credential: Credential, host: str, ports: range, max_workers: int,
           large: Collection[str] = ()) -> tuple[grpc.Server, int]:
     """Starts a TLS gRPC server for ``handlers`` on the first free port of ``ports``.
@@ -80,7 +119,7 @@ def serve(handlers: Mapping[str, Handler], credential: Credential, host: str, po
     ``large`` names the methods whose requests may reach MAX_MESSAGE_BYTES. Returns the
     server and the bound port. Raises TFOSError when no port is free.
     """
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tfos-rpc"),
+    server = grpc.server(_Pool(max_workers),
                          options=[*_OPTIONS, ("grpc.max_concurrent_streams", MAX_STREAMS)],
                          maximum_concurrent_rpcs=max_workers)
     rpc_handlers = {
@@ -141,9 +180,9 @@ def _translate(exc: grpc.RpcError, method: str, address: str) -> TFOSError:
     code, detail = exc.code(), exc.details() or ""
     if code == grpc.StatusCode.UNAVAILABLE and "handshake" in detail.lower():
         return AuthError(f"{address} refused the TLS handshake for {method}: it holds another cluster's key "
-                         "(a stale handle or address) or is not a tfos server")
+                         "(a stale handle or address) or is not a tfos server", handshake=True)
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
-        return AuthError(f"{address} rejected {method}: {detail}")
+        return AuthError(f"{address} rejected {method}: {detail}", handshake=False)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return ProtocolError(f"{address} rejected {method}: {detail}")
     return TFOSError(f"control call {method} to {address} failed: {code.name}: {detail}", code=code.name)

@@ -55,6 +55,9 @@ def settings_problems(conf: dict[str, str]) -> list[str]:
     if conf.get("spark.dynamicAllocation.enabled", "false").lower() == "true":
         problems.append("spark.dynamicAllocation.enabled=true: executors come and go under tfos nodes. "
                         "Fix: --conf spark.dynamicAllocation.enabled=false")
+    if conf.get("spark.speculation", "false").lower() == "true":
+        problems.append("spark.speculation=true: a second copy of a feeding task would race the first. "
+                        "Fix: --conf spark.speculation=false")
     cores, task_cpus = int(conf.get("spark.executor.cores", "1")), int(conf.get("spark.task.cpus", "1"))
     if cores // max(task_cpus, 1) > 1:
         problems.append(f"spark.executor.cores={cores} with spark.task.cpus={task_cpus} gives {cores // task_cpus} "

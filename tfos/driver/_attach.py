@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tfos import errors
+from tfos._protocol import Method
 from tfos.errors import AuthError, ReservationGoneError, TFOSConfigError, TFOSError
 
 #: Largest pickled main_fun + args a run can send (the control plane's messages are 4 MiB).
@@ -114,14 +115,14 @@ class AttachedCluster:
                                   f"{MAX_MAIN_BYTES >> 20} MiB: let main_fun read its data instead of capturing it")
         run_id = new_run_id()
         signature = RunSigner(self.handle.run_key.encode()).sign(run_id, blob)
-        reply = self._call("Submit", {"main": base64.b64encode(blob).decode(), "run": run_id, "sig": signature,
+        reply = self._call(Method.SUBMIT, {"main": base64.b64encode(blob).decode(), "run": run_id, "sig": signature,
                                       "keras": keras})
         if not reply.get("ok"):
             raise TFOSError(f"reservation {self.handle.name!r} refused the run: {reply.get('reason')}")
         run = reply["run"]
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            state = self._call("RunState", {"run": run, "wait": 2.0}, timeout=30)
+            state = self._call(Method.RUN_STATE, {"run": run, "wait": 2.0}, timeout=30)
             if state.get("done"):
                 break
             if deadline is not None and time.monotonic() > deadline:
@@ -131,18 +132,18 @@ class AttachedCluster:
 
     def status(self) -> dict[str, Any]:
         """The reservation's state, cluster spec, current run and one dict per node (see ``tfos status``)."""
-        return self._call("Status", {})
+        return self._call(Method.STATUS, {})
 
     def logs(self, role: str | None = None) -> dict[str, list[str]]:
         """The lines each node printed so far (kept per node: the last 5000), or only ``role``'s."""
-        return self._call("Logs", {"role": role, "since": {}})["lines"]
+        return self._call(Method.LOGS, {"role": role, "since": {}})["lines"]
 
     def follow_logs(self, role: str | None = None, interval: float = 0.5) -> Iterator[tuple[str, str]]:
         """Yields ``(role, line)`` for every line printed, then for new ones as they come, until release."""
         since: dict[str, int] = {}
         while True:
             try:
-                reply = self._call("Logs", {"role": role, "since": since})
+                reply = self._call(Method.LOGS, {"role": role, "since": since})
             except ReservationGoneError:
                 return
             for name, lines in sorted(reply["lines"].items()):
@@ -153,7 +154,7 @@ class AttachedCluster:
 
     def release(self, timeout: float = 120) -> None:
         """Releases the reservation and waits until its nodes, Spark application and handle are gone."""
-        self._call("Release", {})
+        self._call(Method.RELEASE, {})
         deadline = time.monotonic() + timeout
         while os.path.exists(self.handle.path) or self._reserver_alive():
             if time.monotonic() > deadline:
@@ -172,10 +173,12 @@ class AttachedCluster:
         except psutil.NoSuchProcess:
             return False
 
-    def _call(self, method: str, message: dict[str, Any], timeout: float = 30) -> dict[str, Any]:
+    def _call(self, method: Method, message: dict[str, Any], timeout: float = 30) -> dict[str, Any]:
         try:
             return self._client.call(method, message, timeout=timeout)
-        except AuthError:
+        except AuthError as exc:
+            if not getattr(exc, "handshake", False):
+                raise  # e.g. a run not signed with the reservation's key: the server said why
             raise AuthError(f"reservation {self.handle.name!r} at {self.handle.address} refused the keys in "
                             f"{self.handle.path}: the handle is from another reservation or was edited") from None
         except TFOSError as exc:

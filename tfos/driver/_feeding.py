@@ -25,7 +25,7 @@ from tfos._roles import FEEDING_JOBS
 from tfos.driver import _spark
 from tfos.driver._supervisor import ClusterState, Supervisor, role
 from tfos.errors import AuthError, FeedDataError, FeedTimeoutError, ProtocolError, TFOSConfigError, TFOSError
-from tfos.feed._balance import EpochPlan
+from tfos.feed._balance import EpochPlan, StickyRoutes
 from tfos.feed._feeder import Consumer, Feeder
 
 if TYPE_CHECKING:
@@ -83,12 +83,18 @@ class Feeding:
                 break
             epoch = self._epochs.get(qname, 0)
             self._epochs[qname] = epoch + 1
+            epoch_plan = None
             if counts is not None:
-                self.supervisor.server.set_plan(qname, epoch, EpochPlan(counts, self.consumer_ids(), epoch, cache))
+                epoch_plan = EpochPlan(counts, self.consumer_ids(), epoch, cache)
+                self.supervisor.server.set_plan(qname, epoch, epoch_plan)
+            else:
+                self.supervisor.server.set_plan(qname, epoch, StickyRoutes(self.consumer_ids()))
             feeder = self._feeder(qname, epoch, feed_timeout, arrow, balanced=counts is not None,
                                   epoch_rows=epoch_rows, cache_plan=plan)
-            self._run_job(lambda f=feeder: rdd.mapPartitionsWithIndex(f).collect(), qname,
-                          f"tfos feed {qname!r} epoch {n + 1}/{num_epochs}")
+            acked = self._run_job(lambda f=feeder: rdd.mapPartitionsWithIndex(f).collect(), qname,
+                                  f"tfos feed {qname!r} epoch {n + 1}/{num_epochs}")
+            if epoch_plan is not None and acked is not None and not self.supervisor.server.terminated(qname):
+                _check_acked(qname, epoch, epoch_plan, acked)
             self.supervisor.server.post({"type": Event.FEED_END, "qname": qname, "epoch": epoch}, self.consumer_ids())
         if cache:
             self._epochs[qname] = first + num_epochs
@@ -143,6 +149,7 @@ class Feeding:
         last_fed = int(_spark.read_text(self.sc, marker) or -1)
         epoch = self._epochs.get(qname, 0)
         self._epochs[qname] = epoch + 1
+        sup.server.set_plan(qname, epoch, StickyRoutes(self.consumer_ids()))
         errors: list[BaseException] = []
         idle = threading.Event()  # no micro-batch is being fed
         idle.set()
@@ -156,7 +163,7 @@ class Feeding:
             try:
                 rdd, arrow = _spark.as_rdd(batch)
                 if self._announce(qname, rdd, arrow):
-                    feeder = self._feeder(qname, epoch, feed_timeout, arrow)
+                    feeder = self._feeder(qname, epoch, feed_timeout, arrow, batch=batch_id)
                     self._run_job(lambda: rdd.mapPartitionsWithIndex(feeder).collect(), qname,
                                   f"tfos feed {qname!r} stream batch {batch_id}")
                 _spark.write_text(self.sc, marker, str(batch_id))
@@ -218,7 +225,8 @@ class Feeding:
             raise TFOSConfigError(f"feed_timeout must be a positive number of seconds; got {feed_timeout!r}")
 
     def _feeder(self, qname: str, epoch: int | None, feed_timeout: float, arrow: bool, balanced: bool = False,
-                epoch_rows: int | None = None, cache_plan: dict[str, Any] | None = None) -> Feeder:
+                epoch_rows: int | None = None, cache_plan: dict[str, Any] | None = None,
+                batch: int | None = None) -> Feeder:
         gen = self.supervisor.generation
         nodes = gen.server.nodes()
         consumers = tuple(Consumer(eid, role(nodes[eid]), nodes[eid].info["host"], nodes[eid].info["feed_port"])
@@ -226,7 +234,7 @@ class Feeding:
         return Feeder(cluster_id=gen.cluster_id, credential=gen.credential, server_address=gen.address,
                       qname=qname, epoch=epoch, consumers=consumers, feed_timeout=float(feed_timeout),
                       local_mode=gen.server.local_mode, arrow=arrow, balanced=balanced, epoch_rows=epoch_rows,
-                      cache_plan=cache_plan, tls=self.feed_tls)
+                      cache_plan=cache_plan, tls=self.feed_tls, batch=batch)
 
     def _announce(self, qname: str, rdd: Any, arrow: bool, epoch_rows: int | None = None,
                   cache: dict[str, Any] | None = None) -> bool:
@@ -242,22 +250,23 @@ class Feeding:
                                      "epoch_rows": epoch_rows, "cache": cache}, self.consumer_ids())
         return True
 
-    def _run_job(self, action: Callable[[], Any], qname: str, description: str) -> None:
-        """Runs a feeding job; on a node or feed failure cancels it and raises the cause.
+    def _run_job(self, action: Callable[[], Any], qname: str, description: str) -> Any:
+        """Runs a feeding job and returns what ``action`` returned; on a node or feed failure cancels
+        it and raises the cause.
 
         Once a node terminated ``qname``, nodes may have finished: feeding errors then
-        end the feed quietly instead.
+        end the feed quietly instead (and None is returned).
         """
         sup = self.supervisor
         group = f"{sup.generation.job_group}-feed"
         server = sup.server
         errors_before = len(server.feed_errors())
-        outcome: dict[str, BaseException] = {}
+        outcome: dict[str, Any] = {}
         done = threading.Event()
 
         def body() -> None:
             try:
-                action()
+                outcome["result"] = action()
             except BaseException as exc:  # noqa: BLE001 - re-raised below
                 outcome["error"] = exc
             finally:
@@ -265,15 +274,29 @@ class Feeding:
                 server.wake()
 
         thread = _spark.job_thread(self.sc, group, description, body)
-        server.wait(lambda: done.is_set() or sup.failure is not None or len(server.feed_errors()) > errors_before,
-                    timeout=None)
-        failure: BaseException | None = sup.failure
-        feed_errors = server.feed_errors()[errors_before:]
-        if failure is None and feed_errors:
-            if feed_errors[0]["kind"] in NODE_GONE:
-                # A dead node breaks the feed at once; give the monitor the time to say which and why.
-                server.wait(lambda: sup.failure is not None, timeout=C.get_float(C.HEARTBEAT_TIMEOUT_SECS) + 2)
-            failure = sup.failure or _feed_error(feed_errors[0])
+        failure: BaseException | None = None
+        seen = errors_before
+        try:
+            while failure is None and not done.is_set():
+                server.wait(lambda s=seen: done.is_set() or sup.failure is not None or len(server.feed_errors()) > s,
+                            timeout=None)
+                failure = sup.failure
+                reports = server.feed_errors()
+                for report in reports[seen:] if failure is None else ():
+                    if report["kind"] not in NODE_GONE:
+                        failure = _feed_error(report)
+                        break
+                    # A broken connection: a dead node breaks the feed at once, so give the monitor the time to
+                    # say which and why. If every node is fine, the link broke: Spark retries the task (which then
+                    # resumes where the node's rows end) or fails the job.
+                    server.wait(lambda: sup.failure is not None, timeout=C.get_float(C.HEARTBEAT_TIMEOUT_SECS) + 2)
+                    failure = sup.failure
+                    if failure is None:
+                        log.warning("a feeding task lost its link to a node that is still up: %s", report["message"])
+                seen = len(reports)
+        except BaseException:  # Ctrl-C / SIGTERM while the epoch feeds: stop its job before re-raising
+            _spark.cancel(self.sc, group)
+            raise
         if failure is None and "error" in outcome:
             failure = TFOSError(f"feeding job failed: {_spark.short_error(outcome['error'])}")
         if failure is not None:
@@ -283,8 +306,18 @@ class Feeding:
                 sup.mark_failure_raised()
             elif server.terminated(qname):
                 log.info("%s stopped after a node terminated the queue (%s)", description, failure)
-                return
+                return None
             raise failure
+        return outcome.get("result")
+
+
+def _check_acked(qname: str, epoch: int, plan: EpochPlan, acked: list[Any]) -> None:
+    """Every row the plan routed to a node was taken exactly once, whatever Spark retried."""
+    for partition, rows in enumerate(acked):
+        expected = plan.routed_rows(partition)
+        if rows != expected:
+            raise FeedDataError(f"partition {partition} of queue {qname!r} epoch {epoch}: the nodes acknowledged "
+                                f"{rows} rows where the plan routed {expected}", partition=partition)
 
 
 def _feed_error(report: dict[str, Any]) -> TFOSError:

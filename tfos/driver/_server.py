@@ -17,17 +17,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tfos import _constants as C
+from tfos._protocol import FINAL_STATES, Event, Method, NodeState
 from tfos._roles import Role, cluster_spec
 from tfos._rpc import serve
 from tfos._security import Credential
 from tfos.errors import FeedDataError, ProtocolError
-from tfos.feed._balance import EpochPlan
+from tfos.feed._balance import EpochPlan, StickyRoutes
 
 log = logging.getLogger(__name__)
 
-#: Node states reported by nodes, in lifecycle order.
-RUNNING, SERVING, FINISHED, FAILED = "running", "serving", "finished", "failed"
-_STATES = (RUNNING, SERVING, FINISHED, FAILED)
+#: States a node reports (``exited``: its process is about to exit; not a state it keeps).
+_REPORTED = frozenset({NodeState.RUNNING, NodeState.SERVING, NodeState.FINISHED, NodeState.FAILED, NodeState.EXITED})
 #: Fields a node registers; all become public in cluster_info.
 _REGISTER_FIELDS = {"executor_id": int, "job_name": str, "task_index": int, "host": str, "port": int,
                     "hostname": str, "workdir": str, "pid": int}
@@ -42,7 +42,7 @@ node_log = logging.getLogger("tfos.node")
 @dataclass
 class NodeStatus:
     info: dict[str, Any]
-    state: str = "registered"
+    state: NodeState = NodeState.REGISTERED
     error: dict[str, Any] | None = None
     stats: dict[str, Any] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -86,18 +86,18 @@ class ControlServer:
         self._feed_errors: list[dict[str, Any]] = []
         self._launch_errors: dict[int, dict[str, str]] = {}
         self._terminated: set[str] = set()
-        self._plans: dict[tuple[str, int], EpochPlan] = {}
+        self._plans: dict[tuple[str, int], EpochPlan | StickyRoutes] = {}
         self._listeners: list[Callable[[], None]] = []
         self._server = None
         self.port = 0
 
     # ---- lifecycle -------------------------------------------------------------------
     def start(self, host: str) -> int:
-        handlers = {"Register": self._register, "AwaitSpec": self._await_spec, "Poll": self._poll,
-                    "Report": self._report, "FeedError": self._feed_error, "FeedPlan": self._feed_plan,
-                    "Terminate": self._terminate,
-                    "Log": self._log, "Metrics": self._metrics, "AgentPoll": self._agent_poll,
-                    "AgentDone": self._agent_done, **self._extra_handlers}
+        handlers = {Method.REGISTER: self._register, Method.AWAIT_SPEC: self._await_spec, Method.POLL: self._poll,
+                    Method.REPORT: self._report, Method.FEED_ERROR: self._feed_error,
+                    Method.FEED_PLAN: self._feed_plan, Method.TERMINATE: self._terminate, Method.LOG: self._log,
+                    Method.METRICS: self._metrics, Method.AGENT_POLL: self._agent_poll,
+                    Method.AGENT_DONE: self._agent_done, **self._extra_handlers}
         # Every node holds one long-poll at a time; leave room for reports and feeders.
         workers = 2 * len(self.template) + 16
         self._server, self.port = serve(handlers, self.credential, host, C.port_range(C.SERVER_PORT), workers,
@@ -177,16 +177,17 @@ class ControlServer:
             self._cond.wait_for(lambda: len(node.events) > seq or self._abort_reason is not None,
                                 timeout=C.get_float(C.POLL_HOLD_SECS))
             events = node.events[seq:]
-            if self._abort_reason and not any(e["type"] == "stop" for e in node.events):
-                events.append({"type": "stop", "reason": self._abort_reason})
+            if self._abort_reason and not any(e["type"] == Event.STOP for e in node.events):
+                events.append({"type": Event.STOP, "reason": self._abort_reason})
             return {"events": events, "seq": seq + len(events)}
 
     def _report(self, msg: dict[str, Any]) -> dict[str, Any]:
         state = _field(msg, "state", str)
-        if state not in _STATES and state != "exited":
+        if state not in _REPORTED:
             raise ProtocolError(f"unknown state {state!r}")
+        state = NodeState(state)
         eid = _field(msg, "executor_id", int)
-        if eid not in self._nodes and eid in self.template and state == FAILED:
+        if eid not in self._nodes and eid in self.template and state == NodeState.FAILED:
             # The node task failed before it could register.
             with self._cond:
                 self._launch_errors[eid] = {"message": str(msg.get("message", ""))[:4000],
@@ -197,13 +198,13 @@ class ControlServer:
         node = self._node(msg)
         with self._cond:
             node.last_seen = time.monotonic()
-            if state == "exited" or msg.get("exited") is True:
+            if state == NodeState.EXITED or msg.get("exited") is True:
                 node.exited = True
-            if state != "exited" and node.state != FAILED:
+            if state != NodeState.EXITED and node.state != NodeState.FAILED:
                 node.state = state
             if isinstance(msg.get("stats"), dict):
                 node.stats = msg["stats"]
-            if state == FAILED and node.error is None:
+            if state == NodeState.FAILED and node.error is None:
                 node.error = {"message": str(msg.get("message", ""))[:4000],
                               "traceback": str(msg.get("traceback", ""))[-20000:]}
                 if msg.get("lost") is True:
@@ -239,14 +240,14 @@ class ControlServer:
         with self._cond:
             plan = self._plans.get(key)
         if plan is None:
-            raise ProtocolError(f"no balanced plan for queue {key[0]!r} epoch {key[1]}")
+            raise ProtocolError(f"no routing plan for queue {key[0]!r} epoch {key[1]}")
         try:
             segments = plan.segments(_field(msg, "partition", int), executor_id)
         except FeedDataError as exc:
             raise ProtocolError(str(exc)) from None
         return {"segments": segments}
 
-    def set_plan(self, qname: str, epoch: int, plan: EpochPlan) -> None:
+    def set_plan(self, qname: str, epoch: int, plan: EpochPlan | StickyRoutes) -> None:
         """Routes the feeding tasks of ``qname``'s ``epoch`` by ``plan`` (older epochs' plans are dropped)."""
         with self._cond:
             self._plans = {key: p for key, p in self._plans.items() if key[0] != qname}
@@ -285,8 +286,8 @@ class ControlServer:
                                 timeout=max(0.0, hold))
             node.agent_seen = time.monotonic()
             events = node.agent_events[seq:]
-            if self._abort_reason and not any(e["type"] == "release" for e in node.agent_events):
-                events.append({"type": "release", "reason": self._abort_reason})
+            if self._abort_reason and not any(e["type"] == Event.RELEASE for e in node.agent_events):
+                events.append({"type": Event.RELEASE, "reason": self._abort_reason})
             return {"events": events, "seq": seq + len(events)}
 
     def _agent_done(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -297,8 +298,8 @@ class ControlServer:
             node.agent_busy = False
             if not node.exited:  # killed before it could say so itself
                 node.exited = True
-                if node.state != FAILED and code != 0:
-                    node.state = FAILED
+                if node.state != NodeState.FAILED and code != 0:
+                    node.state = NodeState.FAILED
                     node.error = {"message": str(msg.get("message", f"node process exited with code {code}")),
                                   "traceback": ""}
                     node.lost = node.error["message"] if code < 0 else None
@@ -318,7 +319,7 @@ class ControlServer:
         """Resets every node's run state and posts ``launch`` to every agent (``tfos run``)."""
         with self._cond:
             for node in self._nodes.values():
-                node.state, node.error, node.lost, node.exited = "launching", None, None, False
+                node.state, node.error, node.lost, node.exited = NodeState.LAUNCHING, None, None, False
                 node.events, node.stats, node.agent_busy = [], {}, True
                 node.last_seen = time.monotonic()
                 node.agent_events.append(launch)
@@ -367,6 +368,16 @@ class ControlServer:
             for node in self._nodes.values():
                 node.last_seen = now
 
+    def credit(self, seconds: float) -> None:
+        """Moves every heartbeat ``seconds`` later: the driver itself was stalled that long (a long call
+        holding the GIL, a paused process), and nodes' polls waited in its queue meanwhile."""
+        with self._cond:
+            now = time.monotonic()
+            for node in self._nodes.values():
+                node.last_seen = min(now, node.last_seen + seconds)
+                if node.agent_seen is not None:
+                    node.agent_seen = min(now, node.agent_seen + seconds)
+
     def silent_nodes(self, timeout: float) -> list[NodeStatus]:
         """Nodes still running that have not polled for ``timeout`` seconds.
 
@@ -414,7 +425,7 @@ class ControlServer:
 
 def _final(node: NodeStatus) -> bool:
     """Whether ``node`` sent its last stats: a poll or metrics call sent before that may arrive after it."""
-    return node.exited or node.state in (FINISHED, FAILED)
+    return node.exited or node.state in FINAL_STATES
 
 
 def _field(msg: dict[str, Any], name: str, kind: type) -> Any:

@@ -37,6 +37,10 @@ def preflight(sc: SparkContext, num_executors: int) -> bool:
     if conf.get("spark.dynamicAllocation.enabled", "false").lower() == "true":
         raise TFOSConfigError("spark.dynamicAllocation.enabled=true: executors come and go, so tfos nodes cannot "
                               "be pinned to them. Set spark.dynamicAllocation.enabled=false.")
+    if conf.get("spark.speculation", "false").lower() == "true":
+        raise TFOSConfigError("spark.speculation=true: Spark would run a second copy of a slow feeding task beside "
+                              "the first, and each node takes a partition's rows from one attempt at a time. Set "
+                              "spark.speculation=false (tfos already survives retried tasks).")
     master = sc.master or ""
     local_cluster = _LOCAL_CLUSTER.match(master)
     task_cpus = int(conf.get("spark.task.cpus", "1"))

@@ -28,12 +28,16 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tfos import _constants as C
+from tfos._protocol import Event, NodeState
 from tfos._roles import Role
 from tfos._security import Credential
-from tfos.driver._server import FAILED, FINISHED, SERVING, ControlServer, NodeStatus
+from tfos.driver._server import ControlServer, NodeStatus
 from tfos.errors import NodeError, NodeFailedError, ReservationTimeoutError, TFOSError
 
 log = logging.getLogger(__name__)
+
+#: Seconds between two looks of the failure monitor.
+MONITOR_TICK = 0.5
 
 
 class ClusterState(enum.Enum):
@@ -211,7 +215,7 @@ class Supervisor:
         server = gen.server
         nodes = server.nodes()
         if len(nodes) == len(self.template):  # else no node got the spec, so none started a process
-            server.post({"type": "stop", "reason": reason})
+            server.post({"type": Event.STOP, "reason": reason})
             server.wait(lambda: all(n.exited or n.idle_agent for n in nodes.values()), timeout=15)
         server.abort(reason)
         self.jobs.stop(gen)
@@ -227,14 +231,23 @@ class Supervisor:
 
     def _monitor_loop(self) -> None:
         heartbeat = C.get_float(C.HEARTBEAT_TIMEOUT_SECS)
+        tick = time.monotonic()
         while not self._monitor_stop.is_set():
             server = self.server
-            server.wait(lambda s=server: self._monitor_stop.is_set() or failed_node(s) is not None, timeout=0.5)
+            server.wait(lambda s=server: self._monitor_stop.is_set() or failed_node(s) is not None,
+                        timeout=MONITOR_TICK)
             if self._monitor_stop.is_set():
                 return
+            # A monitor that wakes late was stalled with the rest of the driver (the GIL held by a long C
+            # call, a paused process): the nodes' polls waited in its queue, so their silence is its own.
+            late = time.monotonic() - tick - MONITOR_TICK
+            if late > MONITOR_TICK:
+                log.warning("the tfos driver was stalled for %.1fs; not counting that against the nodes", late)
+                server.credit(late)
             failure = detect_failure(server, heartbeat)
             if failure is not None:
                 self.handle_failure(failure)
+            tick = time.monotonic()
 
     def handle_failure(self, failure: TFOSError) -> None:
         """Restarts every node if restarts are left, else fails the cluster and tears it down."""
@@ -343,12 +356,13 @@ def role(node: NodeStatus) -> str:
 
 def finished(server: ControlServer, executor_ids: list[int]) -> bool:
     nodes = server.nodes()
-    return all(nodes.get(e) is not None and nodes[e].state in (FINISHED, SERVING) for e in executor_ids)
+    done = (NodeState.FINISHED, NodeState.SERVING)
+    return all(nodes.get(e) is not None and nodes[e].state in done for e in executor_ids)
 
 
 def failed_node(server: ControlServer) -> NodeStatus | None:
     for _, node in sorted(server.nodes().items()):
-        if node.state == FAILED and node.error is not None:
+        if node.state == NodeState.FAILED and node.error is not None:
             return node
     return None
 

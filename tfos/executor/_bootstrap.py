@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -35,8 +36,9 @@ from typing import Any
 
 from tfos import _constants as C
 from tfos._paths import cache_dir, local_marker_path, log_path, unix_socket_path
+from tfos._protocol import Event, NodeState, Registration
 from tfos._roles import FEEDING_JOBS, Role, tf_config
-from tfos._rpc import ControlClient
+from tfos._rpc import NodeClient
 from tfos._security import Credential, verify_run
 from tfos.config import InputMode
 from tfos.errors import AuthError, TFOSError
@@ -102,7 +104,7 @@ class NodeLauncher:
             # A retried node task would start a second node for the same role.
             log.warning("not restarting tfos node %d in Spark task attempt %d", executor_id, task.attemptNumber())
             return iter([executor_id])
-        client = ControlClient(self.server_address, self.credential)
+        client = NodeClient.connect(self.server_address, self.credential)
         try:
             self._launch(client, executor_id)
         except Exception as exc:  # noqa: BLE001 - every failure goes to the driver
@@ -111,20 +113,21 @@ class NodeLauncher:
             client.close()
         return iter([executor_id])
 
-    def _launch(self, client: ControlClient, executor_id: int) -> None:
+    def _launch(self, client: NodeClient, executor_id: int) -> None:
         job_name, task_index = self.template[executor_id]
         # The address peers reach this node at; tfos's own ports (feed, TensorBoard) listen there only.
         host = C.get_str(C.NODE_HOST) or _local_ip(self.server_address.rsplit(":", 1)[0].strip("[]"))
-        sockets = {"port": _bind_tcp()}
+        sockets = {"port": _bind_tcp(ports=C.port_range(C.NODE_PORT), setting=C.NODE_PORT)}
         chief_job = "chief" if any(j in ("chief", "master") for j, _ in self.template.values()) else "worker"
         if self.tensorboard and job_name in (chief_job, "master") and task_index == 0:
-            sockets["tb"] = _bind_tcp(ports=C.port_range(C.TENSORBOARD_PORT), host=host)
+            sockets["tb"] = _bind_tcp(ports=C.port_range(C.TENSORBOARD_PORT), host=host, setting=C.TENSORBOARD_PORT)
         feeds = self.input_mode == InputMode.SPARK and job_name in FEEDING_JOBS
         if feeds:
-            sockets["feed_tcp"] = _bind_tcp(listen=True, host=host)
+            sockets["feed_tcp"] = _bind_tcp(listen=True, ports=C.port_range(C.FEED_PORT), host=host,
+                                            setting=C.FEED_PORT)
             sockets["feed_unix"] = _bind_unix(unix_socket_path(self.cluster_id, executor_id))
         executor_pid = _executor_pid()
-        registration = {
+        registration: Registration = {
             "executor_id": executor_id, "job_name": job_name, "task_index": task_index, "host": host,
             "port": sockets["port"].getsockname()[1], "hostname": socket.gethostname(), "workdir": os.getcwd(),
             "pid": os.getpid(),
@@ -132,7 +135,7 @@ class NodeLauncher:
             "feed_port": sockets["feed_tcp"].getsockname()[1] if feeds else None,
             "executor_pid": executor_pid,
         }
-        reply = client.call("Register", registration)
+        reply = client.register(registration)
         if not reply.get("ok"):
             raise TFOSError(reply.get("reason", "registration refused"))
         spec, info = self._await_spec(client, executor_id)
@@ -155,7 +158,21 @@ class NodeLauncher:
             if code < 0:
                 raise NodeKilledError(f"node process killed by signal {-code}\n{log_tail(job_name, task_index)}")
         else:
-            reap_when_done(proc, cleanup=lambda: _delete_cache(payload.cluster_id, executor_id))
+            reap_when_done(proc, cleanup=lambda code: self._reaped(payload, code))
+
+    def _reaped(self, payload: NodePayload, code: int) -> None:
+        """An InputMode.SPARK node's process ended. Killed by a signal (kill -9, the OOM killer) it could
+        not say so itself: tell the driver now, rather than after its heartbeat timeout."""
+        _delete_cache(payload.cluster_id, payload.executor_id)
+        if code >= 0 or -code in (signal.SIGTERM, signal.SIGINT):  # exited, or stopped by tfos's own teardown
+            return
+        client = NodeClient.connect(self.server_address, self.credential)
+        try:
+            _report_failure(client, payload.executor_id, NodeKilledError(
+                f"node process killed by signal {-code}\n{log_tail(payload.job_name, payload.task_index)}"),
+                lost=True)
+        finally:
+            client.close()
 
     def _start(self, payload: NodePayload, sockets: dict[str, socket.socket]) -> subprocess.Popen:
         """Starts the node process on ``sockets`` (which it takes over) with ``payload``."""
@@ -171,21 +188,20 @@ class NodeLauncher:
             for s in sockets.values():
                 s.close()
 
-    def _hold(self, client: ControlClient, payload: NodePayload, sockets: dict[str, socket.socket]) -> None:
+    def _hold(self, client: NodeClient, payload: NodePayload, sockets: dict[str, socket.socket]) -> None:
         """The agent of a held node: runs each launched run's node until the reservation is released."""
         ports = {name: s.getsockname()[:2] for name, s in sockets.items()}
         seq = 0
         seen_runs: set[str] = set()
         while True:
-            reply = client.call("AgentPoll", {"executor_id": payload.executor_id, "seq": seq},
-                                timeout=C.get_float(C.POLL_HOLD_SECS) + 10)
+            reply = client.agent_poll(payload.executor_id, seq, timeout=C.get_float(C.POLL_HOLD_SECS) + 10)
             seq = reply["seq"]
             for event in reply["events"]:
-                if event["type"] == "release":
+                if event["type"] == Event.RELEASE:
                     for s in sockets.values():
                         s.close()
                     return
-                if event["type"] == "launch":
+                if event["type"] == Event.LAUNCH:
                     try:
                         main = open_signed(event, self.run_key, seen_runs)
                         if not sockets:  # the last run's node had them; its ports are the cluster's
@@ -197,23 +213,21 @@ class NodeLauncher:
                             s.close()
                         sockets = {}
                         _report_failure(client, payload.executor_id, exc)
-                        client.call("AgentDone", {"executor_id": payload.executor_id, "code": 1,
-                                                  "message": f"{type(exc).__name__}: {exc}"})
+                        client.agent_done(payload.executor_id, 1, f"{type(exc).__name__}: {exc}")
                         continue
                     sockets = {}
                     seq = self._await_node(client, payload, proc, seq)
 
-    def _await_node(self, client: ControlClient, payload: NodePayload, proc: subprocess.Popen, seq: int) -> int:
+    def _await_node(self, client: NodeClient, payload: NodePayload, proc: subprocess.Popen, seq: int) -> int:
         """Heartbeats while a run's node runs; kills it on release. Returns the mailbox position."""
         released = False
         while proc.poll() is None:
-            reply = client.call("AgentPoll", {"executor_id": payload.executor_id, "seq": seq, "hold": 0.5},
-                                timeout=10)
+            reply = client.agent_poll(payload.executor_id, seq, timeout=10, hold=0.5)
             kinds = {e["type"] for e in reply["events"]}
-            released = "release" in kinds
+            released = Event.RELEASE in kinds
             if not released:
                 seq = reply["seq"]  # a release stays unread, so the agent loop sees it next
-            if kinds & {"release", "kill"}:  # the run ended but this node did not stop when told
+            if kinds & {Event.RELEASE, Event.KILL}:  # the run ended but this node did not stop when told
                 _terminate(proc)
                 break
         code = proc.wait()
@@ -221,7 +235,7 @@ class NodeLauncher:
         if not released:
             message = (f"node process killed by signal {-code}\n{log_tail(payload.job_name, payload.task_index)}"
                        if code < 0 else f"node process exited with code {code}")
-            client.call("AgentDone", {"executor_id": payload.executor_id, "code": code, "message": message})
+            client.agent_done(payload.executor_id, code, message)
         return seq
 
     def _choose_gpus(self, job_name: str) -> tuple[str | None, Any]:
@@ -236,10 +250,10 @@ class NodeLauncher:
             return claim.visible_devices, claim
         return None, None
 
-    def _await_spec(self, client: ControlClient, executor_id: int) -> tuple[dict[str, list[str]], list[dict]]:
+    def _await_spec(self, client: NodeClient, executor_id: int) -> tuple[dict[str, list[str]], list[dict]]:
         deadline = time.monotonic() + self.reservation_timeout
         while time.monotonic() < deadline:
-            reply = client.call("AwaitSpec", {"executor_id": executor_id})
+            reply = client.await_spec(executor_id)
             if reply.get("ready"):
                 return reply["cluster_spec"], reply["cluster_info"]
             if reply.get("aborted"):
@@ -261,8 +275,9 @@ def open_signed(event: dict[str, Any], run_key: str, seen: set[str]) -> bytes:
     return blob
 
 
-def reap_when_done(proc: subprocess.Popen, cleanup: Callable[[], None] | None = None) -> None:
-    """Waits for ``proc`` in a daemon thread, so that it never lingers as a zombie, then runs ``cleanup``.
+def reap_when_done(proc: subprocess.Popen, cleanup: Callable[[int], None] | None = None) -> None:
+    """Waits for ``proc`` in a daemon thread, so that it never lingers as a zombie, then runs
+    ``cleanup(exit code)``.
 
     Spark reuses Python workers: a node whose task returned while it runs (InputMode.SPARK)
     is a child of a worker that lives on, and an exited child stays a zombie until waited for.
@@ -270,9 +285,9 @@ def reap_when_done(proc: subprocess.Popen, cleanup: Callable[[], None] | None = 
     import threading
 
     def wait() -> None:
-        proc.wait()
+        code = proc.wait()
         if cleanup is not None:
-            cleanup()
+            cleanup(code)
 
     threading.Thread(target=wait, name=f"tfos-reap-{proc.pid}", daemon=True).start()
 
@@ -315,7 +330,8 @@ def _local_ip(server_host: str) -> str:
             return socket.gethostbyname(socket.gethostname())
 
 
-def _bind_tcp(listen: bool = False, ports: range = range(0, 1), reuse: bool = False, host: str = "") -> socket.socket:
+def _bind_tcp(listen: bool = False, ports: range = range(0, 1), reuse: bool = False, host: str = "",
+              setting: tuple[str, str] = C.NODE_PORT) -> socket.socket:
     """A TCP socket bound to ``host`` ("": every interface) on the first free port of ``ports`` (0: any).
 
     ``reuse`` binds a port that a finished node's connections still hold in TIME_WAIT.
@@ -333,7 +349,7 @@ def _bind_tcp(listen: bool = False, ports: range = range(0, 1), reuse: bool = Fa
             s.listen(64)
         return s
     raise TFOSError(f"no free port in {ports.start}-{ports.stop - 1} on {socket.gethostname()}; widen the range "
-                    "(TFOS_TENSORBOARD_PORT)")
+                    f"({setting[0]})")
 
 
 def _executor_pid() -> int | None:
@@ -411,11 +427,10 @@ class NodeKilledError(TFOSError):
     """The node process died from a signal (killed, out of memory)."""
 
 
-def _report_failure(client: ControlClient, executor_id: int, exc: BaseException, lost: bool = False) -> None:
+def _report_failure(client: NodeClient, executor_id: int, exc: BaseException, lost: bool = False) -> None:
     try:
         # No node process runs after a launch failure: the node counts as exited.
-        client.call("Report", {"executor_id": executor_id, "state": "failed", "exited": True, "lost": lost,
-                               "message": f"{type(exc).__name__}: {exc}",
-                               "traceback": "".join(traceback.format_exception(exc))})
+        client.report(executor_id, NodeState.FAILED, exited=True, lost=lost, message=f"{type(exc).__name__}: {exc}",
+                      traceback="".join(traceback.format_exception(exc)))
     except TFOSError:
         log.exception("could not report the failure of node %d to the driver", executor_id)

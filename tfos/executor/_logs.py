@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tfos.errors import TFOSError
+
+if TYPE_CHECKING:
+    from tfos._rpc import NodeClient
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +26,9 @@ _MAX_LINES = 1000
 
 
 class LogShipper:
-    """Tails ``path`` from ``offset`` and sends complete lines with ``client.call("Log", ...)``."""
+    """Tails ``path`` from ``offset`` and sends complete lines with ``client.log(...)``."""
 
-    def __init__(self, client: Any, executor_id: int, path: str, offset: int) -> None:
+    def __init__(self, client: NodeClient, executor_id: int, path: str, offset: int) -> None:
         self._client = client
         self._executor_id = executor_id
         self._path = path
@@ -54,7 +57,7 @@ class LogShipper:
                 for start in range(0, len(lines), _MAX_LINES):
                     batch = lines[start:start + _MAX_LINES]
                     try:
-                        self._client.call("Log", {"executor_id": self._executor_id, "lines": batch}, timeout=timeout)
+                        self._client.log(self._executor_id, batch, timeout=timeout)
                     except TFOSError:
                         self.dropped += len(batch)
             except Exception:  # noqa: BLE001 - a broken log channel must never reach training

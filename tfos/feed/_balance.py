@@ -71,6 +71,11 @@ class EpochPlan:
                 self._given[partition] = self._route(partition, executor_id)
             return self._given[partition]
 
+    def routed_rows(self, partition: int) -> int:
+        """Rows of ``partition`` sent to some node this epoch (served or cached only), as routed so far."""
+        with self._lock:
+            return sum(stop - start for start, stop, eid, _ in self._given.get(partition, ()) if eid is not None)
+
     def _route(self, partition: int, executor_id: int | None) -> list[Segment]:
         start, stop = self.starts[partition], self.starts[partition] + self.counts[partition]
         runs: list[tuple[int, int, bool]] = []  # (global start, stop, kept)
@@ -116,3 +121,22 @@ class EpochPlan:
         if self._missing[node] == 0:  # cannot happen while the counts hold: every kept row has a place
             raise FeedDataError("more rows were routed than counted")
         return node
+
+
+class StickyRoutes:
+    """The routing of an unbalanced epoch (or a stream): all of a partition's rows go to one node, the node on
+    the first attempt's executor when it is fed, else one by partition number; a retried attempt, wherever
+    Spark runs it, is sent to the same node, which knows how many of the rows it already holds."""
+
+    def __init__(self, consumers: Sequence[int]) -> None:
+        self.consumers = list(consumers)
+        self._given: dict[int, list[Segment]] = {}
+        self._lock = threading.Lock()
+
+    def segments(self, partition: int, executor_id: int | None) -> list[Segment]:
+        with self._lock:
+            if partition not in self._given:
+                node = executor_id if executor_id in self.consumers else \
+                    self.consumers[partition % len(self.consumers)]
+                self._given[partition] = [(0, -1, node, True)]
+            return self._given[partition]

@@ -33,7 +33,7 @@ import numpy as np
 
 from tfos import _constants as C
 from tfos._paths import local_marker_path, unix_socket_path
-from tfos._protocol import FeedErrorKind, FeedOp, Method
+from tfos._protocol import FeedErrorKind, FeedOp
 from tfos._security import TLS_NAME, Credential, check_proof, feed_token, new_nonce, prove
 from tfos.errors import AuthError, FeedDataError, FeedTimeoutError, ProtocolError, TFOSError
 from tfos.feed._columns import (
@@ -41,7 +41,9 @@ from tfos.feed._columns import (
     STRING,
     Column,
     VarColumn,
+    add_fingerprints,
     check_dtype,
+    fingerprint,
     is_multi_field,
     pack,
     value_bytes,
@@ -81,6 +83,7 @@ class Feeder:
     epoch_rows: int | None = None  # rows each node gets an epoch (balanced), told again in every hello
     cache_plan: dict[str, Any] | None = None  # the epoch cache's plan, likewise
     tls: bool = True  # TLS on TCP feed connections (TFOS_FEED_TLS on the driver)
+    batch: int | None = None  # a streaming micro-batch's id: its partitions are apart from the last batch's
 
     @property
     def inference(self) -> bool:
@@ -90,17 +93,18 @@ class Feeder:
         target: list[Consumer] = []  # the consumer being fed, named by a timeout
         try:
             if self.inference:
-                consumer, sock = self._connect(partition)
+                consumer, sock, _ = self._connect(partition)
                 target.append(consumer)
                 with sock:
                     yield from self._infer(sock, consumer, partition, rows)
             elif self.balanced:
                 yield self._train_routed(partition, rows, target)
             else:
-                consumer, sock = self._connect(partition)
+                by_id = {c.executor_id: c for c in self.consumers}
+                consumer, sock, resume = self._connect(partition, by_id[self._segments(partition)[0][2]])
                 target.append(consumer)
                 with sock:
-                    yield self._train(sock, consumer, partition, rows)
+                    yield self._train(sock, consumer, partition, rows, resume)
         except TimeoutError:
             consumer = target[-1]
             error = FeedTimeoutError(
@@ -110,6 +114,8 @@ class Feeder:
                 "raise feed_timeout if it is just slow.", node=consumer.role, partition=partition)
             self._report(FeedErrorKind.TIMEOUT, str(error), partition)
             raise error from None
+        except Superseded:
+            raise  # a newer attempt feeds the partition: Spark has given up on this one, nothing to report
         except NodeGone as error:  # a node that exited: the driver's monitor names it and its error
             self._report(error.kind, str(error), partition)
             raise
@@ -124,7 +130,8 @@ class Feeder:
             raise error from exc
 
     # ---- connection ----------------------------------------------------------------------
-    def _connect(self, partition: int, consumer: Consumer | None = None) -> tuple[Consumer, socket.socket]:
+    def _connect(self, partition: int,
+                 consumer: Consumer | None = None) -> tuple[Consumer, socket.socket, _Resume]:
         """A connection to ``consumer``, by default the node on this executor or else one by partition."""
         local = None if self.local_mode else _local_executor(self.cluster_id)
         if consumer is None:
@@ -143,7 +150,7 @@ class Feeder:
             sock.connect(address)
             if sock.family != socket.AF_UNIX and self.tls:
                 sock = _tls_context(self.credential).wrap_socket(sock, server_hostname=TLS_NAME)
-            self._handshake(sock, consumer, partition)
+            ready = self._handshake(sock, consumer, partition)
         except OSError as exc:
             sock.close()
             raise NodeGone(f"cannot reach the feed of node {consumer.role} at {address}: {exc}. The node has "
@@ -152,15 +159,16 @@ class Feeder:
         except BaseException:
             sock.close()
             raise
-        return consumer, sock
+        return consumer, sock, _Resume(ready, partition, self.qname, consumer)
 
-    def _handshake(self, sock: socket.socket, consumer: Consumer, partition: int) -> None:
+    def _handshake(self, sock: socket.socket, consumer: Consumer, partition: int) -> dict[str, Any]:
         """The hello, the node's proof against our nonce, ours against its nonce, then ``ready``."""
         token = feed_token(self.credential)
         nonce = new_nonce()
         send_frame(sock, {"op": FeedOp.HELLO, "nonce": nonce, "qname": self.qname, "epoch": self.epoch,
-                          "inference": self.inference, "partition": partition, "epoch_rows": self.epoch_rows,
-                          "cache": self.cache_plan})
+                          "inference": self.inference, "partition": partition, "attempt": _attempt(),
+                          "batch": self.batch,
+                          "epoch_rows": self.epoch_rows, "cache": self.cache_plan})
         challenge = _expect(recv_frame(sock), consumer)
         if challenge.get("op") != FeedOp.CHALLENGE or not check_proof(token, nonce, "node", challenge.get("proof")):
             raise AuthError(f"the feed of node {consumer.role} did not prove it holds this cluster's key: refusing "
@@ -169,18 +177,24 @@ class Feeder:
         reply = _expect(recv_frame(sock), consumer)
         if reply.get("op") != FeedOp.READY:
             raise AuthError(f"node {consumer.role} refused the feed: {reply}")
+        return reply
 
     # ---- training ---------------------------------------------------------------------------
-    def _train(self, sock: socket.socket, consumer: Consumer, partition: int, rows: Iterator[Any]) -> int:
+    def _train(self, sock: socket.socket, consumer: Consumer, partition: int, rows: Iterator[Any],
+               resume: _Resume) -> int:
         reply = None
         for columns, schema in self._chunks(partition, rows):
             if select.select([sock], [], [], 0)[0]:  # the node only speaks early to refuse data
                 reply = _expect(recv_frame(sock), consumer)
                 break
-            send_frame(sock, {"op": FeedOp.DATA, "schema": schema}, columns)
+            fresh = resume.fresh(columns)
+            if fresh is not None:
+                send_frame(sock, {"op": FeedOp.DATA, "schema": schema}, fresh)
+        if reply is None:
+            resume.finish()
         send_frame(sock, {"op": FeedOp.END})
         reply = reply or _expect(recv_frame(sock), consumer)
-        return 0 if reply["op"] == FeedOp.TERMINATED else int(reply["rows"])
+        return 0 if reply["op"] == FeedOp.TERMINATED else resume.acked(reply["rows"])
 
     def _train_routed(self, partition: int, rows: Iterator[Any], target: list[Consumer]) -> int:
         """Feeds a balanced epoch: runs of the partition's rows go where the driver's plan says.
@@ -192,7 +206,7 @@ class Feeder:
         segments = self._segments(partition)
         counted = segments[-1][1] if segments else 0
         by_id = {c.executor_id: c for c in self.consumers}
-        links: dict[int, tuple[Consumer, socket.socket]] = {}
+        links: dict[int, tuple[Consumer, socket.socket, _Resume]] = {}
         replies: dict[int, dict[str, Any]] = {}  # nodes that spoke early: they refuse further data
         done = 0  # rows of the partition already routed
         index = 0
@@ -207,13 +221,16 @@ class Feeder:
                     if eid is not None and eid not in replies:
                         if eid not in links:
                             links[eid] = self._connect(partition, by_id[eid])
-                        consumer, sock = links[eid]
+                        consumer, sock, resume = links[eid]
                         target.append(consumer)
                         if select.select([sock], [], [], 0)[0]:
                             replies[eid] = _expect(recv_frame(sock), consumer)
                         else:
-                            header = {"op": FeedOp.DATA, "schema": schema, **({} if served else {"cache_only": True})}
-                            send_frame(sock, header, [c[pos:pos + take] for c in columns])
+                            fresh = resume.fresh([c[pos:pos + take] for c in columns])
+                            if fresh is not None:
+                                header = {"op": FeedOp.DATA, "schema": schema,
+                                          **({} if served else {"cache_only": True})}
+                                send_frame(sock, header, fresh)
                     pos += take
                     if done + pos == stop:
                         index += 1
@@ -221,24 +238,25 @@ class Feeder:
             if done != counted:
                 raise self._recount(partition, counted, done)
             acked = 0
-            for eid, (consumer, sock) in links.items():
+            for eid, (consumer, sock, resume) in links.items():
                 target.append(consumer)
+                if eid not in replies:
+                    resume.finish()
                 send_frame(sock, {"op": FeedOp.END})
                 reply = replies.get(eid) or _expect(recv_frame(sock), consumer)
-                acked += 0 if reply["op"] == FeedOp.TERMINATED else int(reply["rows"])
+                acked += 0 if reply["op"] == FeedOp.TERMINATED else resume.acked(reply["rows"])
             return acked
         finally:
-            for _, sock in links.values():
+            for _, sock, _ in links.values():
                 sock.close()
 
     def _segments(self, partition: int) -> list[tuple[int, int, int | None, bool]]:
-        from tfos._rpc import ControlClient
+        from tfos._rpc import NodeClient
 
         local = None if self.local_mode else _local_executor(self.cluster_id)
-        client = ControlClient(self.server_address, self.credential)
+        client = NodeClient.connect(self.server_address, self.credential)
         try:
-            reply = client.call(Method.FEED_PLAN, {"qname": self.qname, "epoch": self.epoch, "partition": partition,
-                                             "executor_id": local}, timeout=self.feed_timeout)
+            reply = client.feed_plan(self.qname, self.epoch, partition, local, timeout=self.feed_timeout)
         except ProtocolError as exc:
             raise FeedDataError(f"partition {partition} of queue {self.qname!r}: {exc}", partition=partition) from None
         finally:
@@ -307,16 +325,72 @@ class Feeder:
             offset += len(batch)
 
     def _report(self, kind: FeedErrorKind, message: str, partition: int) -> None:
-        from tfos._rpc import ControlClient
+        from tfos._rpc import NodeClient
 
-        client = ControlClient(self.server_address, self.credential)
+        client = NodeClient.connect(self.server_address, self.credential)
         try:
-            client.call(Method.FEED_ERROR, {"kind": kind, "message": message, "qname": self.qname,
-                                      "partition": partition}, timeout=10)
+            client.feed_error({"kind": kind, "message": message, "qname": self.qname, "partition": partition})
         except TFOSError:
             log.warning("could not report a feed error to the driver", exc_info=True)
         finally:
             client.close()
+
+
+class _Resume:
+    """The rows of this partition a node already holds from an earlier attempt of this task (its ``ready``
+    said how many, and their fingerprint): they are skipped, once shown to be the same rows."""
+
+    def __init__(self, ready: dict[str, Any], partition: int, qname: str, consumer: Consumer) -> None:
+        self.skip = int(ready.get("skip") or 0)
+        self.expected = ready.get("fingerprint")
+        self.partition, self.qname, self.consumer = partition, qname, consumer
+        self.seen = 0  # rows routed to this node so far, skipped ones included
+        self.sums: list[int] | None = None
+
+    def fresh(self, columns: list[Column]) -> list[Column] | None:
+        """The part of ``columns`` (the next rows routed to this node) that the node does not hold yet."""
+        n = len(columns[0])
+        if self.seen >= self.skip:
+            self.seen += n
+            return columns
+        take = min(n, self.skip - self.seen)
+        self.sums = add_fingerprints(self.sums, fingerprint([c[:take] for c in columns]))
+        self.seen += n
+        if self.seen >= self.skip and self.sums != self.expected:
+            raise self._changed("other rows than the attempt before it")
+        return [c[take:] for c in columns] if take < n else None
+
+    def finish(self) -> None:
+        if self.seen < self.skip:
+            raise self._changed(f"only {self.seen} rows for node {self.consumer.role}, which holds {self.skip} "
+                                "from the attempt before it")
+
+    def acked(self, rows: Any) -> int:
+        """The node's count of this partition's rows: every row routed to it, once."""
+        if int(rows) != self.seen:
+            raise FeedDataError(f"node {self.consumer.role} holds {int(rows)} rows of partition {self.partition} of "
+                                f"queue {self.qname!r}, but {self.seen} were routed to it", partition=self.partition)
+        return int(rows)
+
+    def _changed(self, what: str) -> FeedDataError:
+        return FeedDataError(
+            f"partition {self.partition} of queue {self.qname!r} yielded {what} when Spark retried its feeding task: "
+            "the data changes between attempts (a non-deterministic source or transformation). Cache it "
+            "(rdd.cache(), df.cache()) or make it deterministic.", partition=self.partition)
+
+
+class Superseded(TFOSError):
+    """A newer attempt of this feeding task feeds the node now (this one failed, as far as Spark knows)."""
+
+
+def _attempt() -> int:
+    """This Spark task's attempt number (0 outside a Spark task)."""
+    try:
+        from pyspark import TaskContext
+    except ImportError:
+        return 0
+    task = TaskContext.get()
+    return task.attemptNumber() if task is not None else 0
 
 
 class NodeGone(TFOSError):
@@ -353,6 +427,8 @@ def _expect(frame: tuple[dict[str, Any], list[np.ndarray]] | None, consumer: Con
         raise NodeGone(f"node {consumer.role} (executor_id {consumer.executor_id}) closed the feed: its main_fun "
                        "failed or the node exited; the driver reports the node's error", kind=FeedErrorKind.CLOSED)
     header = frame[0]
+    if header.get("op") == FeedOp.SUPERSEDED:
+        raise Superseded(f"attempt {header.get('attempt')} of this Spark task feeds node {consumer.role} now")
     if header.get("op") == FeedOp.ERROR:
         raise TFOSError(f"node {consumer.role}: {header.get('message')}")
     return header

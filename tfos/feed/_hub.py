@@ -19,6 +19,7 @@ import errno
 import hashlib
 import logging
 import os
+import select
 import shutil
 import socket
 import ssl
@@ -30,11 +31,11 @@ from typing import Any
 
 from tfos import _constants as C
 from tfos._paths import cache_dir
-from tfos._protocol import Event, FeedOp, Method
+from tfos._protocol import Event, FeedOp
 from tfos._security import check_proof, feed_token, new_nonce, prove
 from tfos.errors import AuthError, ProtocolError, TFOSError
 from tfos.feed._cache import CacheError, EpochCache
-from tfos.feed._columns import Column
+from tfos.feed._columns import Column, add_fingerprints, fingerprint
 from tfos.feed._protocol import recv_frame, recv_hello, send_frame, widen_buffers
 
 log = logging.getLogger(__name__)
@@ -60,12 +61,21 @@ class FeedConnection:
     done: threading.Event = field(default_factory=threading.Event)
     send_lock: threading.Lock = field(default_factory=threading.Lock)
 
+    gone: bool = False  # the reader went away (take(n), a cancelled or killed task): results are dropped
+
     def send_results(self, columns: list[Column], count: int, qname_out: str = "output") -> None:
         with self.send_lock:
-            send_frame(self.sock, {"op": FeedOp.RESULTS, "rows": count}, columns)
             self.answered += count
-            if self.input_done and self.answered >= self.received:
-                send_frame(self.sock, {"op": FeedOp.DONE})
+            if self.gone:
+                return
+            try:
+                send_frame(self.sock, {"op": FeedOp.RESULTS, "rows": count}, columns)
+                if self.input_done and self.answered >= self.received:
+                    send_frame(self.sock, {"op": FeedOp.DONE})
+                    self.done.set()
+            except OSError as exc:  # not main_fun's problem: Spark stopped reading this partition's results
+                log.info("an inference reader went away (%s); dropping the results of its remaining rows", exc)
+                self.gone = True
                 self.done.set()
 
 
@@ -77,6 +87,18 @@ class Chunk:
     nbytes: int
     conn: FeedConnection
     pos: int = 0
+
+
+@dataclass
+class Delivery:
+    """What this node holds of one partition's rows in one training epoch of a queue, across the Spark task
+    attempts that fed them: a retried attempt skips ``rows`` (after showing they match ``fingerprint``), and
+    only the latest attempt's rows are taken."""
+
+    attempt: int = -1
+    rows: int = 0
+    fingerprint: list[int] | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 #: The "connection" of chunks served from the epoch cache.
@@ -317,6 +339,7 @@ class FeedHub:
         self.lock = threading.Lock()
         self.closed = False
         self.capacity = C.get_int(C.FEED_BUFFER_BYTES)
+        self.deliveries: dict[tuple[str, int, int, int], Delivery] = {}
         self._pending = 0
         self._refused = 0
         self._next_refusal_log = 0.0
@@ -366,6 +389,21 @@ class FeedHub:
             cache = EpochCache(path, C.get_int(C.FEED_CACHE_BYTES))
         queue.set_schema(schema, epoch_rows, cache, plan)
 
+    def delivery(self, qname: str, epoch: int, batch: int | None, partition: int) -> Delivery:
+        """The record of ``partition``'s rows in ``epoch`` (a stream's micro-``batch``) of ``qname``; records
+        of older epochs and batches but the one before are dropped."""
+        key = (qname, epoch, -1 if batch is None else batch, partition)
+        with self.lock:
+            if key not in self.deliveries:
+                def recent(k: tuple[str, int, int, int]) -> bool:
+                    if k[0] != qname:
+                        return True
+                    return k[1] >= epoch - 1 if batch is None else k[1] > epoch or (k[1] == epoch and k[2] >= batch - 1)
+
+                self.deliveries = {k: d for k, d in self.deliveries.items() if recent(k)}
+                self.deliveries[key] = Delivery()
+            return self.deliveries[key]
+
     def stats(self) -> dict[str, Any]:
         with self.lock:
             return {"consumed": {name: q.consumed for name, q in self.queues.items()}}
@@ -389,7 +427,7 @@ class FeedHub:
     def terminate(self, queue: FeedQueue) -> None:
         queue.terminate()
         try:
-            self.node.client.call(Method.TERMINATE, {"executor_id": self.node.p.executor_id, "qname": queue.name})
+            self.node.client.terminate(self.node.p.executor_id, queue.name)
         except TFOSError:
             log.warning("could not tell the driver that queue %r was terminated", queue.name, exc_info=True)
 
@@ -493,9 +531,19 @@ class FeedHub:
         if not hello["inference"]:
             self._announce(queue, None, hello["epoch_rows"], hello["cache"])
         conn = FeedConnection(sock, inference=hello["inference"])
-        epoch = hello["epoch"]
-        send_frame(sock, {"op": FeedOp.READY, "node": self.node.name})
-        dropping = False  # after terminate(): read and drop the rest of the partition
+        epoch, partition, attempt = hello["epoch"], hello["partition"], hello["attempt"]
+        delivery = None  # training: the rows of this partition this node already holds, across attempts
+        ready: dict[str, Any] = {"op": FeedOp.READY, "node": self.node.name}
+        if not conn.inference and epoch is not None and partition is not None:
+            delivery = self.delivery(queue.name, epoch, hello["batch"], partition)
+            with delivery.lock:
+                if attempt < delivery.attempt:
+                    send_frame(sock, {"op": FeedOp.SUPERSEDED, "attempt": delivery.attempt})
+                    return
+                delivery.attempt = attempt  # an older attempt still sending is superseded: its rows are dropped
+                ready.update(skip=delivery.rows, fingerprint=delivery.fingerprint)
+        send_frame(sock, ready)
+        dropping = False  # after terminate(), or once superseded: read and drop the rest of the partition
         while True:
             frame = recv_frame(sock)
             if frame is None:
@@ -512,10 +560,22 @@ class FeedHub:
             nrows = len(columns[0])
             conn.received += nrows
             chunk = Chunk(epoch, columns, nrows, sum(c.nbytes for c in columns), conn)
-            if header.get("cache_only"):  # a left-over row of a balanced epoch: served in later epochs only
-                queue.keep(chunk)
-                continue
-            if not queue.put(chunk):
+            if delivery is None:
+                taken = self._take(queue, chunk, bool(header.get("cache_only")))
+            else:
+                sums = fingerprint(columns)
+                with delivery.lock:  # counted and queued as one step: a newer attempt sees both or neither
+                    if delivery.attempt != attempt:
+                        log.warning("partition %s of queue %r epoch %s: attempt %s superseded by attempt %s; "
+                                    "dropping the rest of its rows", partition, queue.name, epoch, attempt,
+                                    delivery.attempt)
+                        send_frame(sock, {"op": FeedOp.SUPERSEDED, "attempt": delivery.attempt})
+                        return
+                    taken = self._take(queue, chunk, bool(header.get("cache_only")))
+                    if taken:
+                        delivery.rows += nrows
+                        delivery.fingerprint = add_fingerprints(delivery.fingerprint, sums)
+            if not taken:
                 with conn.send_lock:  # batch_results may be sending on this socket too
                     send_frame(sock, {"op": FeedOp.TERMINATED})  # the feeder stops sending when it sees this
                 dropping = True
@@ -527,12 +587,28 @@ class FeedHub:
             conn.input_done = True
             finished = conn.answered >= conn.received
         if not conn.inference:
-            send_frame(sock, {"op": FeedOp.ACK, "rows": conn.received})
+            send_frame(sock, {"op": FeedOp.ACK, "rows": conn.received if delivery is None else delivery.rows})
         elif finished:
             with conn.send_lock:
                 send_frame(sock, {"op": FeedOp.DONE})
         else:
-            conn.done.wait()  # results flow back from batch_results on the node's thread
+            # Results flow back from batch_results on the node's thread; a reader that leaves says nothing
+            # more, so the socket turning readable means it closed.
+            while not conn.done.wait(1.0):
+                if select.select([sock], [], [], 0)[0]:
+                    with conn.send_lock:
+                        conn.gone = True
+                    return
+
+
+    @staticmethod
+    def _take(queue: FeedQueue, chunk: Chunk, cache_only: bool) -> bool:
+        """Queues ``chunk`` (a left-over row of a balanced epoch goes to the cache only, served in later
+        epochs); False when the queue was terminated."""
+        if cache_only:
+            queue.keep(chunk)
+            return True
+        return queue.put(chunk)
 
 
 def _peer_name(peer: Any) -> str:
@@ -565,6 +641,8 @@ def _checked_hello(hello: dict[str, Any]) -> dict[str, Any]:
         "inference": field("inference", lambda v: isinstance(v, bool), "true or false", False),
         "epoch": field("epoch", lambda v: v is None or count(v), "null or an epoch number"),
         "partition": field("partition", lambda v: v is None or count(v), "null or a partition number"),
+        "attempt": field("attempt", count, "a Spark task attempt number", 0),
+        "batch": field("batch", lambda v: v is None or count(v), "null or a micro-batch id"),
         "epoch_rows": field("epoch_rows", lambda v: v is None or count(v), "null or a row count"),
         "cache": field("cache", plan, "null or a cache plan {first, epochs, shuffle, seed}"),
     }
