@@ -12,10 +12,12 @@ local-cluster[2,1,2048]. Prints, each against a reference measured in this run:
   (d) inference rate with an identity model                                target >= 0.5 x (a)
   (b2) epochs 2..N served from the nodes' epoch caches, in order and shuffled   target >= 3 x (a)
   (e) node peak RSS; (e2) with a cache budget smaller than the node's share (it spills)
+  (t) every row over the cross-executor TCP feed, TLS (the default) against plain
+      (TFOS_FEED_TLS=0), in alternating rounds                        target TLS >= 0.9 x plain
 plus cluster start (run() until all nodes registered) and shutdown() times. Each ratio
 to (a) is the median over runs that each follow their own (a) run.
 
-    python scripts/bench_feed.py [--rows 200000] [--parts b,b2,d,c]
+    python scripts/bench_feed.py [--rows 200000] [--parts b,b2,d,c,t]
 """
 
 from __future__ import annotations
@@ -149,7 +151,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--partitions", type=int, default=8)
-    parser.add_argument("--parts", default="b,b2,d,c", help="which measures to run, e.g. b2,c ((a) always runs)")
+    parser.add_argument("--parts", default="b,b2,d,c,t",
+                        help="which measures to run, e.g. b2,c ((a) always runs)")
     opts = parser.parse_args()
     parts = set(opts.parts.split(","))
     conf = (SparkConf().setMaster("local-cluster[2,1,2048]").setAppName("tfos-bench")
@@ -240,7 +243,40 @@ def main() -> None:
                   f"{n * args['epochs'] / statistics.median(secs[via]):,.0f} rows/s, in-memory tf.data "
                   f"{n * args['epochs'] / statistics.median(secs['memory']):,.0f} rows/s, median ratio of "
                   f"{FIT_ROUNDS} rounds = {ratio:.2f}")
+    if "t" in parts:
+        tcp_feed(sc, rdd, out, n, paired)
     sc.stop()
+
+
+def tcp_feed(sc, rdd, out, n, paired) -> None:
+    """(t): a feeding task prefers the node on its own executor (a Unix socket); with that node's marker
+    file gone it feeds by partition over TCP, so every row crosses the TCP feed."""
+    import glob
+
+    import tfos
+
+    def forget_local_node(_):
+        for path in glob.glob("tfos-*.node"):
+            os.remove(path)
+        return [os.getcwd()]
+
+    ratios: dict[str, list[float]] = {"tls": [], "plain": []}
+    rates: dict[str, list[float]] = {"tls": [], "plain": []}
+    for _ in range(2):
+        for mode in ("plain", "tls"):
+            os.environ["TFOS_FEED_TLS"] = "1" if mode == "tls" else "0"  # read by tfos.run on the driver
+            with tfos.run(sc, drain, {"api": "next_batch_arrays", "out": out}, 2,
+                          input_mode=tfos.InputMode.SPARK) as cluster:
+                workdirs = set(sc.parallelize(range(16), 16).flatMap(forget_local_node).collect())
+                assert len(workdirs) == 2, f"both executors must forget their node: {workdirs}"
+                cluster.train(rdd, balance=False)  # warm-up
+                rate, ratio = paired(lambda c=cluster: c.train(rdd, balance=False))
+            rates[mode].append(rate)
+            ratios[mode].append(ratio)
+    os.environ.pop("TFOS_FEED_TLS")
+    tls, plain = statistics.median(ratios["tls"]), statistics.median(ratios["plain"])
+    print(f"(t) every row over TCP: TLS {statistics.median(rates['tls']):,.0f} rows/s = {tls:.2f} x (a), plain "
+          f"{statistics.median(rates['plain']):,.0f} rows/s = {plain:.2f} x (a); TLS / plain = {tls / plain:.2f}")
 
 
 if __name__ == "__main__":
