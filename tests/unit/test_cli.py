@@ -52,3 +52,18 @@ def test_submit_adds_tfos_settings_unless_given():
 def test_submit_without_script_fails_clearly():
     with pytest.raises(SystemExit, match="no script given"):
         submit_command(["--master", "local[2]"])
+
+
+def test_doctor_checks_the_mutual_tls_tfos_needs(monkeypatch):
+    from tfos import _security
+    from tfos.cli._doctor import tls_check
+
+    line, problem = tls_check()
+    assert problem is None and "mutual TLSv1.3 handshake work" in line
+
+    def broken(cls):
+        raise ImportError("No module named 'cryptography'")
+
+    monkeypatch.setattr(_security.Credential, "make", classmethod(broken))
+    line, problem = tls_check()
+    assert line == "TLS: failed" and "pip install 'cryptography" in problem

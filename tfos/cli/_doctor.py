@@ -49,6 +49,34 @@ def mlflow_check() -> tuple[str, str | None]:
     return f"mlflow: {version} (tfos.run(mlflow=True) can track runs)", None
 
 
+def tls_check() -> tuple[str, str | None]:
+    """(report line, problem or None): tfos's channels need a key made here and a mutual TLS 1.3 handshake."""
+    import socket
+    import threading
+
+    try:
+        from tfos._security import TLS_NAME, Credential
+
+        credential = Credential.make()
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            def accept() -> None:
+                conn, _ = listener.accept()
+                with credential.ssl_context(server=True).wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(1)
+
+            server = threading.Thread(target=accept, daemon=True)
+            server.start()
+            with socket.create_connection(listener.getsockname(), timeout=10) as raw, \
+                    credential.ssl_context(server=False).wrap_socket(raw, server_hostname=TLS_NAME) as tls:
+                tls.sendall(b"x")
+                version = tls.version()
+            server.join(10)
+    except Exception as exc:  # noqa: BLE001 - any failure is the finding
+        return "TLS: failed", (f"tfos cannot set up its mutual TLS ({type(exc).__name__}: {exc}). Fix: pip install "
+                               "'cryptography>=42' and use a Python built with OpenSSL 1.1.1 or newer")
+    return f"TLS: a cluster key and a mutual {version} handshake work", None
+
+
 def settings_problems(conf: dict[str, str]) -> list[str]:
     """Problems with Spark settings that break tfos's reservation, each with its fix."""
     problems = []
@@ -88,9 +116,10 @@ def doctor(extra_conf: list[str]) -> int:
         report.append(f"{dist}: {version or 'not installed'}")
         if version is None or not version.startswith(prefix):
             problems.append(f"{dist} {version or 'missing'}: tfos needs {prefix}x. Fix: {fix}")
-    line, problem = mlflow_check()
-    report.append(line)
-    problems += [problem] if problem else []
+    for check in (tls_check, mlflow_check):
+        line, problem = check()
+        report.append(line)
+        problems += [problem] if problem else []
     python = os.environ.get("PYSPARK_PYTHON")
     report.append(f"PYSPARK_PYTHON: {python or f'unset (tfos uses {sys.executable})'}")
     conf = spark_defaults()
