@@ -15,6 +15,7 @@ import grpc
 import psutil
 import pytest
 
+from tests.unit.relay import Relay, key_material
 from tfos._roles import cluster_template
 from tfos._rpc import ControlClient
 from tfos._rpc._wire import _CLIENT_OPTIONS, SERVICE
@@ -37,41 +38,6 @@ def server(monkeypatch):
     srv.start("127.0.0.1")
     yield srv
     srv.stop()
-
-
-class Relay:
-    """Forwards one TCP connection to ``target`` and records both directions."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.upstream, self.downstream = bytearray(), bytearray()
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        client, _ = self.listener.accept()
-        upstream = socket.create_connection(self.target)
-        for src, dst, record in ((client, upstream, self.upstream), (upstream, client, self.downstream)):
-            threading.Thread(target=self._pump, args=(src, dst, record), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket, record: bytearray) -> None:
-        try:
-            while data := src.recv(1 << 16):
-                record += data
-                dst.sendall(data)
-        except OSError:
-            pass
-
-
-def key_material(credential: Credential) -> list[bytes]:
-    from cryptography.hazmat.primitives import serialization
-
-    key = serialization.load_pem_private_key(credential.key_pem, password=None)
-    scalar = key.private_numbers().private_value.to_bytes(32, "big")
-    body = b"".join(credential.key_pem.splitlines()[1:-1])
-    return [scalar, body[:40], credential.key_pem]
 
 
 def test_a_recording_relay_sees_no_key_and_replayed_bytes_are_not_accepted(server):

@@ -17,8 +17,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from tests.unit.relay import Relay, key_material
 from tfos._paths import cache_dir
-from tfos._security import TLS_NAME, Credential, feed_token
+from tfos._security import TLS_NAME, Credential
 from tfos.errors import AuthError, TFOSError
 from tfos.feed import _hub
 from tfos.feed._feeder import Consumer, Feeder, NodeGone, Superseded
@@ -245,49 +246,6 @@ def test_a_feeder_with_another_clusters_key_gets_nowhere_and_a_fake_node_gets_no
         fake.close()
 
 
-class Relay:
-    """A TCP relay between a feeder and the node that records both directions, as an observer on the path would."""
-
-    def __init__(self, target):
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.address = self.listener.getsockname()
-        self.upstream, self.downstream = bytearray(), bytearray()
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self):
-        client, _ = self.listener.accept()
-        server = socket.create_connection(self.target)
-        threads = [threading.Thread(target=self._pump, args=(client, server, self.upstream), daemon=True),
-                   threading.Thread(target=self._pump, args=(server, client, self.downstream), daemon=True)]
-        for t in threads:
-            t.start()
-
-    @staticmethod
-    def _pump(src, dst, record):
-        try:
-            while data := src.recv(1 << 16):
-                record += data
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            try:
-                dst.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-
-
-def secrets_of(credential: Credential) -> list[bytes]:
-    from cryptography.hazmat.primitives import serialization
-
-    key = serialization.load_pem_private_key(credential.key_pem, password=None)
-    scalar = key.private_numbers().private_value.to_bytes(32, "big")
-    token = feed_token(credential)
-    body = b"".join(credential.key_pem.splitlines()[1:-1])
-    return [scalar, token, token.hex().encode(), body[:40], credential.key_pem]
-
-
 def test_a_recording_relay_sees_no_key_and_a_replayed_session_adds_no_rows(hub):
     hub, address, tls = hub
     relay = Relay(address)
@@ -296,7 +254,7 @@ def test_a_recording_relay_sees_no_key_and_a_replayed_session_adds_no_rows(hub):
     time.sleep(0.2)
     recorded = bytes(relay.upstream) + bytes(relay.downstream)
     assert len(relay.upstream) > 500 * 8
-    for secret in secrets_of(CRED):
+    for secret in key_material(CRED):
         assert secret not in recorded
     if tls:  # the rows themselves are encrypted
         assert np.arange(500, dtype=np.int64).tobytes()[8:64] not in recorded
