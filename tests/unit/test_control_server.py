@@ -252,3 +252,16 @@ def test_node_client_speaks_every_node_message_the_server_reads(server):
     assert node.stats == {"metrics": {"loss": 0.5}} and list(node.log_tail) == ["hello"]
     assert server.terminated("input")
     assert server.feed_errors() == [{"kind": "closed", "message": "gone", "qname": "input", "partition": 3}]
+
+
+def test_a_stopped_control_server_leaves_no_thread_behind(monkeypatch):
+    monkeypatch.setenv("TFOS_POLL_HOLD_SECS", "0.05")
+    before = threading.active_count()
+    for _ in range(5):
+        srv = ControlServer(cluster_template(2, 0, "chief", False), CRED)
+        srv.start("127.0.0.1")
+        srv.stop()
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() <= before, "a stopped control server's handler threads live on"

@@ -112,14 +112,29 @@ class _Pool:
             del item, future, fn, args, kwargs
 
 
+class Served:
+    """A running control server: gRPC's server and the threads its handlers run on."""
+
+    def __init__(self, server: grpc.Server, pool: _Pool) -> None:
+        self._server, self._pool = server, pool
+
+    def stop(self, grace: float | None = None) -> threading.Event:
+        """Stops serving (calls still running get ``grace`` seconds), then ends the handler threads."""
+        stopped = self._server.stop(grace)
+        stopped.wait((grace or 0) + 2)
+        self._pool.shutdown(wait=False)
+        return stopped
+
+
 def serve(handlers: Mapping[str, Handler], credential: Credential, host: str, ports: range, max_workers: int,
-          large: Collection[str] = ()) -> tuple[grpc.Server, int]:
+          large: Collection[str] = ()) -> tuple[Served, int]:
     """Starts a TLS gRPC server for ``handlers`` on the first free port of ``ports``.
 
     ``large`` names the methods whose requests may reach MAX_MESSAGE_BYTES. Returns the
     server and the bound port. Raises TFOSError when no port is free.
     """
-    server = grpc.server(_Pool(max_workers),
+    pool = _Pool(max_workers)
+    server = grpc.server(pool,
                          options=[*_OPTIONS, ("grpc.max_concurrent_streams", MAX_STREAMS)],
                          maximum_concurrent_rpcs=max_workers)
     rpc_handlers = {
@@ -136,7 +151,8 @@ def serve(handlers: Mapping[str, Handler], credential: Credential, host: str, po
             continue
         if bound:
             server.start()
-            return server, bound
+            return Served(server, pool), bound
+    pool.shutdown(wait=False)
     raise TFOSError(
         f"no free port for the tfos control server on {host or '*'} in {ports.start}-{ports.stop - 1}; "
         "widen TFOS_SERVER_PORT or set it to 0"
