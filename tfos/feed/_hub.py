@@ -543,7 +543,7 @@ class FeedHub:
                 delivery.attempt = attempt  # an older attempt still sending is superseded: its rows are dropped
                 ready.update(skip=delivery.rows, fingerprint=delivery.fingerprint)
         send_frame(sock, ready)
-        dropping = False  # after terminate(), or once superseded: read and drop the rest of the partition
+        dropping = False  # after terminate(): read and drop the rest of the partition
         while True:
             frame = recv_frame(sock)
             if frame is None:
