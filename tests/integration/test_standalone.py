@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,18 +17,12 @@ import psutil
 import pytest
 
 from tests.conftest import ROOT
-from tests.integration.conftest import node_processes
+from tests.integration.conftest import free_port, node_processes
 from tests.integration.test_reservation import JOB, cli, reserve_detached
 
 pytestmark = pytest.mark.slow
 
 FAKE_GPU = "5"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
