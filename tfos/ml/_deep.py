@@ -147,18 +147,15 @@ class _DeepParams(HasInputCol, HasOutputCol):
         if column not in dataset.columns:
             raise TFOSConfigError(f"inputCol {column!r} is not a column of the DataFrame (it has {dataset.columns})")
         data_type = dataset.schema[column].dataType
-        if self.getOrDefault(self.imageLoader) is not None:
-            if isinstance(data_type, StringType):
-                return source, None
-            if isinstance(data_type, BinaryType):
-                return source, "path" if "path" in dataset.columns else None
+        if isinstance(data_type, BinaryType):  # binaryFile bytes, with or without imageLoader
+            return source, "path" if "path" in dataset.columns else None
+        loader = self.getOrDefault(self.imageLoader) is not None
+        if isinstance(data_type, StringType) if loader else is_image_struct(data_type):
+            return source, None
+        if loader:
             raise TFOSConfigError(f"inputCol {column!r} has type {data_type.simpleString()}; imageLoader takes a "
                                   "string column of paths or the bytes of spark.read.format('binaryFile') (column "
                                   "'content')")
-        if is_image_struct(data_type):
-            return source, None
-        if isinstance(data_type, BinaryType):
-            return source, "path" if "path" in dataset.columns else None
         raise TFOSConfigError(f"inputCol {column!r} has type {data_type.simpleString()}; expected the struct of "
                               "spark.read.format('image') or the bytes of spark.read.format('binaryFile') "
                               "(column 'content'), or with imageLoader=fn a string column of paths")
