@@ -198,7 +198,7 @@ def test_rdd_chunks_are_cut_by_the_bytes_of_their_values(monkeypatch):
     monkeypatch.setenv("TFOS_FEED_CHUNK_BYTES", str(1 << 20))
     sizes = [10] + [300_000] * 10 + [10] * 5000  # a tiny first row must not set the chunk length
     rows = [(i, random_bytes(n)) for i, n in enumerate(sizes)]
-    feeder = Feeder("c", "s", "a", "q", 0, (), 10.0, True, False)
+    feeder = Feeder("c", "s", "a", "q", 0, (), 10.0, True)
     chunks = list(feeder._chunks(0, iter(rows)))
     assert [len(columns[0]) for columns, _ in chunks] == [4, 3, 3, 5001]
     assert max(sum(c.nbytes for c in columns) for columns, _ in chunks) <= 1 << 20
@@ -210,7 +210,7 @@ def test_rdd_chunks_are_cut_by_the_bytes_of_their_values(monkeypatch):
 def test_a_value_bigger_than_a_chunk_travels_alone(monkeypatch):
     monkeypatch.setenv("TFOS_FEED_CHUNK_BYTES", "1000")
     rows = [b"a", random_bytes(5000), b"b"]
-    feeder = Feeder("c", "s", "a", "q", 0, (), 10.0, True, False)
+    feeder = Feeder("c", "s", "a", "q", 0, (), 10.0, True)
     lengths = [len(columns[0]) for columns, _ in feeder._chunks(0, iter(rows))]
     assert lengths == [1, 1, 1]
 
@@ -223,15 +223,6 @@ def test_queue_accounts_the_bytes_actually_held():
 
 
 # ---- DataFrame (Arrow) path -----------------------------------------------------------------------
-def arrow_blob(batch):
-    import pyarrow as pa
-
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, batch.schema) as writer:
-        writer.write_batch(batch)
-    return sink.getvalue().to_pybytes()
-
-
 @pytest.mark.parametrize("large", [False, True])
 def test_arrow_binary_and_string_columns_round_trip_exactly(large, monkeypatch):
     import pyarrow as pa
@@ -246,7 +237,8 @@ def test_arrow_binary_and_string_columns_round_trip_exactly(large, monkeypatch):
          "name": pa.array(texts, pa.large_string() if large else pa.string()),
          "tags": pa.array([[t, "x"] for t in texts], pa.list_(pa.string()))})
     sliced = batch.slice(7, 100)  # a non-zero Arrow offset into shared buffers
-    chunks = list(_arrow_chunks(0, iter([arrow_blob(batch), arrow_blob(sliced)])))
+    feeder = Feeder("c", "s", "a", "q", 0, (), 10.0, True)
+    chunks = list(feeder._chunks(0, iter([batch, sliced])))  # a DataFrame partition's batches, told from rows
     assert chunks[0][1]["cols"][1:] == [{"dtype": "binary", "shape": [n]}, {"dtype": "string", "shape": [n]},
                                         {"dtype": "string", "shape": [n, 2]}]
     assert max(sum(c.nbytes for c in columns) for columns, _ in chunks[1:]) <= (256 << 10) + (1 << 20) + 200
@@ -265,7 +257,7 @@ def test_arrow_chunks_are_cut_by_bytes(monkeypatch):
 
     monkeypatch.setenv("TFOS_FEED_CHUNK_BYTES", str(100_000))
     values = [b"s"] * 10 + [random_bytes(40_000)] * 10 + [b"t"] * 10
-    chunks = list(_arrow_chunks(3, iter([arrow_blob(pa.RecordBatch.from_pydict({"b": pa.array(values)}))])))
+    chunks = list(_arrow_chunks(3, iter([pa.RecordBatch.from_pydict({"b": pa.array(values)})])))
     assert [len(columns[0]) for columns, _ in chunks] == [12, 2, 2, 2, 12]
     assert [v for columns, _ in chunks for v in columns[0].values()] == values
 
@@ -275,14 +267,14 @@ def test_arrow_null_binary_is_named():
 
     batch = pa.RecordBatch.from_pydict({"img": pa.array([b"a", None, b"c"], pa.binary())})
     with pytest.raises(FeedDataError, match=r"partition 4 row 1: column 'img' is null"):
-        list(_arrow_chunks(4, iter([arrow_blob(batch)])))
+        list(_arrow_chunks(4, iter([batch])))
 
 
 def test_arrow_arrays_whose_length_changes_between_batches_are_named():
     import pyarrow as pa
 
-    blobs = [arrow_blob(pa.RecordBatch.from_pydict({"x": pa.array([[1.0, 2.0]] * 4)})),
-             arrow_blob(pa.RecordBatch.from_pydict({"x": pa.array([[1.0, 2.0, 3.0]] * 2)}))]
+    blobs = [pa.RecordBatch.from_pydict({"x": pa.array([[1.0, 2.0]] * 4)}),
+             pa.RecordBatch.from_pydict({"x": pa.array([[1.0, 2.0, 3.0]] * 2)})]
     with pytest.raises(FeedDataError, match=r"partition 1 row 4: column 'x' holds arrays of shape \(3,\), "
                                             r"earlier rows have \(2,\)"):
         list(_arrow_chunks(1, iter(blobs)))
@@ -293,7 +285,7 @@ def test_arrow_unsupported_type_is_named():
 
     batch = pa.RecordBatch.from_pydict({"when": pa.array([1, 2], pa.timestamp("us"))})
     with pytest.raises(FeedDataError, match=r"column 'when' has Arrow type timestamp"):
-        list(_arrow_chunks(0, iter([arrow_blob(batch)])))
+        list(_arrow_chunks(0, iter([batch])))
 
 
 # ---- inference results ----------------------------------------------------------------------------

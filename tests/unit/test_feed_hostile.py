@@ -54,7 +54,7 @@ def feeder(address, tls: bool, credential: Credential = CRED, **fields) -> Feede
     consumer = Consumer(executor_id=0, role="worker:0", host=address[0], feed_port=address[1])
     return Feeder(cluster_id=CLUSTER, credential=credential, server_address="127.0.0.1:1", qname="input",
                   epoch=fields.pop("epoch", 0), consumers=(consumer,), feed_timeout=5.0, local_mode=True,
-                  arrow=False, tls=tls, **fields)
+                  tls=tls, **fields)
 
 
 def feed(address, tls: bool, rows, **fields) -> int:

@@ -18,7 +18,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tfos._paths import absolute_path, local_path
 from tfos._protocol import NodeState
@@ -33,13 +33,10 @@ from tfos.driver._supervisor import ClusterState, Generation, Supervisor, descri
 from tfos.errors import TFOSConfigError, TFOSError
 from tfos.executor._bootstrap import NodeLauncher
 
-if TYPE_CHECKING:
-    from pyspark import SparkContext
-
 log = logging.getLogger(__name__)
 
 
-def run(sc: SparkContext, main_fun: Callable[[Any, Any], Any], tf_args: Any, num_executors: int, num_ps: int = 0,
+def run(sc: Any, main_fun: Callable[[Any, Any], Any], tf_args: Any, num_executors: int, num_ps: int = 0,
         tensorboard: bool = False, input_mode: InputMode = InputMode.TENSORFLOW, log_dir: str | None = None,
         master_node: str | None = "chief", eval_node: bool = False, reservation_timeout: float = 600,
         release_port: bool = True, max_restarts: int = 0, num_gpus: int = 0,
@@ -48,7 +45,8 @@ def run(sc: SparkContext, main_fun: Callable[[Any, Any], Any], tf_args: Any, num
     """Starts a TensorFlow cluster with one node per Spark executor.
 
     Args:
-        sc: the SparkContext; its executors host the nodes (one task slot each).
+        sc: a SparkSession (classic or Spark Connect) or a SparkContext; its executors host the nodes
+            (one task slot each).
         main_fun: ``main_fun(args, ctx)``, run on every node with ``ctx`` a NodeContext.
         tf_args: passed to main_fun as ``args`` (anything picklable: argparse Namespace, dict, list).
         num_executors: number of nodes, one per executor.
@@ -107,28 +105,30 @@ def run(sc: SparkContext, main_fun: Callable[[Any, Any], Any], tf_args: Any, num
 class Cluster:
     """A running TensorFlow cluster on Spark executors, returned by :func:`tfos.run`."""
 
-    def __init__(self, sc: SparkContext, config: ClusterConfig, tf_args: Any) -> None:
+    def __init__(self, sc: Any, config: ClusterConfig, tf_args: Any) -> None:
+        #: What the user passed: a SparkSession or a SparkContext.
         self.sc = sc
+        self.spark = spark = _spark.backend(sc)
         self.config = config
-        export_uri = None if config.export_dir is None else absolute_path(config.export_dir, _spark.default_fs(sc),
+        export_uri = None if config.export_dir is None else absolute_path(config.export_dir, spark.default_fs(),
                                                                           os.getcwd())
         self._tracker = _mlflow.tracker_for(config, tf_args, export_uri)  # fails early without mlflow
         self.template = cluster_template(config.num_executors, config.num_ps, config.master_node, config.eval_node)
-        local_mode = _spark.preflight(sc, config.num_executors)
+        local_mode = spark.preflight(config.num_executors)
         main_fun = config.main_fun if export_uri is None else _mlflow.with_export_dir(config.main_fun,
                                                                                       local_path(export_uri))
         main = _pickle_main(main_fun, tf_args)
         tls = feed_tls()
-        jobs = SparkNodeJobs(sc, f"tfos nodes: {describe(self.template.values())}", lambda gen: NodeLauncher(
+        jobs = SparkNodeJobs(spark, f"tfos nodes: {describe(self.template.values())}", lambda gen: NodeLauncher(
             cluster_id=gen.cluster_id, server_address=gen.address, credential=gen.credential,
             template=self.template, input_mode=int(config.input_mode), tensorboard=config.tensorboard,
             log_dir=config.log_dir, release_port=config.release_port,
-            reservation_timeout=float(config.reservation_timeout), default_fs=_spark.default_fs(sc), main=main,
+            reservation_timeout=float(config.reservation_timeout), default_fs=spark.default_fs(), main=main,
             num_gpus=config.num_gpus, keras=config.keras, feed_tls=tls))
         self._supervisor = Supervisor(self.template, jobs, local_mode=local_mode,
-                                      hosts=_spark.server_hosts(sc), reservation_timeout=config.reservation_timeout,
+                                      hosts=spark.server_hosts(), reservation_timeout=config.reservation_timeout,
                                       max_restarts=config.max_restarts)
-        self._feeding = Feeding(sc, self._supervisor, feed_tls=tls)
+        self._feeding = Feeding(spark, self._supervisor, feed_tls=tls)
         self._rates = Rates()
         self._atexit: Callable[[], None] | None = None
         #: Port of the Prometheus endpoint when ``TFOS_METRICS_PORT`` is set, else None.
@@ -243,15 +243,17 @@ class Cluster:
         self._feeding.train(data, num_epochs, feed_timeout, qname, checkpoint_location, balance=bool(balance),
                             cache=cache, shuffle=bool(shuffle), seed=seed)
 
-    def inference(self, data: Any, feed_timeout: float = 600, qname: str = "input") -> Any:
-        """Feeds ``data`` to the nodes and returns an RDD of their results (InputMode.SPARK).
+    def inference(self, data: Any, feed_timeout: float = 600, qname: str = "input", schema: Any = None) -> Any:
+        """Feeds ``data`` to the nodes and returns their results (InputMode.SPARK).
 
-        The RDD is lazy, as in Spark: rows are fed when an action runs on it. It holds
-        exactly one result per input row, in input order within each partition; nodes
-        send them with ``DataFeed.batch_results``.
+        The results are lazy, as in Spark: rows are fed when an action runs on them. They hold
+        exactly one result per input row, in input order within each partition; nodes send them
+        with ``DataFeed.batch_results``. With ``schema`` (a StructType or DDL string such as
+        ``"prediction double"``) the results are a DataFrame of those columns, which Spark
+        Connect requires; without, an RDD of rows (a value, or a tuple for several columns).
         """
         self._require_spark_mode("inference")
-        return self._feeding.inference(data, feed_timeout, qname)
+        return self._feeding.inference(data, feed_timeout, qname, schema)
 
     def consumed_rows(self, qname: str = "input") -> dict[str, int]:
         """Rows each fed node has read from ``qname`` so far, as last reported ({"worker:0": n})."""
@@ -369,8 +371,8 @@ class Cluster:
 class SparkNodeJobs:
     """Hosts each generation's nodes in one Spark job, one task per executor."""
 
-    def __init__(self, sc: SparkContext, description: str, task: Callable[[Generation], Any]) -> None:
-        self.sc = sc
+    def __init__(self, spark: _spark.Spark, description: str, task: Callable[[Generation], Any]) -> None:
+        self.spark = spark
         self.description = description
         self._task = task
 
@@ -379,7 +381,7 @@ class SparkNodeJobs:
 
         def body() -> None:
             try:
-                _spark.run_on_executors(self.sc, n, task)
+                self.spark.run_on_executors(n, task)
             except BaseException as exc:  # noqa: BLE001 - surfaced by the supervisor
                 if not generation.stopped:
                     generation.job_error = exc
@@ -387,18 +389,18 @@ class SparkNodeJobs:
             finally:
                 generation.server.wake()
 
-        generation.job = _spark.job_thread(self.sc, generation.job_group, self.description, body)
+        generation.job = self.spark.job_thread(generation.job_group, self.description, body)
 
     def stop(self, generation: Generation) -> None:
         if generation.job is None:
             return
         generation.job.join(timeout=5)
         if generation.job.is_alive():
-            _spark.cancel(self.sc, generation.job_group)
+            self.spark.cancel(generation.job_group)
             generation.job.join(timeout=10)
 
     def executors(self) -> int:
-        return _spark.live_executors(self.sc)
+        return self.spark.live_executors()
 
 
 def _exit_on_sigterm() -> None:

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tfos import _constants as C
 from tfos._protocol import NODE_GONE, Event, FeedErrorKind
@@ -28,16 +28,13 @@ from tfos.errors import AuthError, FeedDataError, FeedTimeoutError, ProtocolErro
 from tfos.feed._balance import EpochPlan, StickyRoutes
 from tfos.feed._feeder import Consumer, Feeder
 
-if TYPE_CHECKING:
-    from pyspark import SparkContext
-
 log = logging.getLogger(__name__)
 
 class Feeding:
     """Feeds RDDs and DataFrames to a supervised cluster's chief and workers."""
 
-    def __init__(self, sc: SparkContext, supervisor: Supervisor, feed_tls: bool = True) -> None:
-        self.sc = sc
+    def __init__(self, spark: _spark.Spark, supervisor: Supervisor, feed_tls: bool = True) -> None:
+        self.spark = spark
         self.supervisor = supervisor
         self.feed_tls = feed_tls
         self._epochs: dict[str, int] = {}
@@ -64,16 +61,16 @@ class Feeding:
                 raise TFOSConfigError("a streaming DataFrame is fed once, as it arrives: leave num_epochs at 1")
             self._train_stream(data, feed_timeout, qname, checkpoint_location)
             return
-        rdd, arrow = _spark.as_rdd(data)
+        data = self.spark.check_data(data)
         counts = None
         if balance:
-            counts = _spark.partition_counts(self.sc, rdd, arrow, f"tfos feed {qname!r}: counting rows per partition")
+            counts = self.spark.partition_counts(data, f"tfos feed {qname!r}: counting rows per partition")
             if sum(counts):
                 EpochPlan(counts, self.consumer_ids(), 0)  # fails early when there are fewer rows than nodes
         epoch_rows = sum(counts) // len(self.consumer_ids()) if counts else None  # each node's rows an epoch
         first = self._epochs.get(qname, 0)
         plan = {"first": first, "epochs": num_epochs, "shuffle": bool(shuffle), "seed": seed} if cache else None
-        if (counts is not None and not sum(counts)) or not self._announce(qname, rdd, arrow, epoch_rows, plan):
+        if (counts is not None and not sum(counts)) or not self._announce(qname, data, epoch_rows, plan):
             log.warning("nothing to feed to queue %r: the data is empty", qname)
             return
         before = self.consumed_rows(qname)
@@ -89,9 +86,9 @@ class Feeding:
                 self.supervisor.server.set_plan(qname, epoch, epoch_plan)
             else:
                 self.supervisor.server.set_plan(qname, epoch, StickyRoutes(self.consumer_ids()))
-            feeder = self._feeder(qname, epoch, feed_timeout, arrow, balanced=counts is not None,
-                                  epoch_rows=epoch_rows, cache_plan=plan)
-            acked = self._run_job(lambda f=feeder: rdd.mapPartitionsWithIndex(f).collect(), qname,
+            feeder = self._feeder(qname, epoch, feed_timeout, balanced=counts is not None, epoch_rows=epoch_rows,
+                                  cache_plan=plan)
+            acked = self._run_job(lambda f=feeder: self.spark.feed_job(data, f), qname,
                                   f"tfos feed {qname!r} epoch {n + 1}/{num_epochs}")
             if epoch_plan is not None and acked is not None and not self.supervisor.server.terminated(qname):
                 _check_acked(qname, epoch, epoch_plan, acked)
@@ -132,12 +129,11 @@ class Feeding:
                         "feed_timeout if it is just slow.", node=node)
             server.wait(lambda: sup.failure is not None, timeout=C.get_float(C.POLL_HOLD_SECS))
 
-    def inference(self, data: Any, feed_timeout: float, qname: str) -> Any:
+    def inference(self, data: Any, feed_timeout: float, qname: str, schema: Any = None) -> Any:
         self._require_running("inference", feed_timeout)
-        rdd, arrow = _spark.as_rdd(data)
-        self._announce(qname, rdd, arrow)
-        return rdd.mapPartitionsWithIndex(self._feeder(qname, None, feed_timeout, arrow)).setName(
-            f"tfos inference {qname!r}")
+        data = self.spark.check_data(data)
+        self._announce(qname, data)
+        return self.spark.inference(data, self._feeder(qname, None, feed_timeout), schema)
 
     def _train_stream(self, df: Any, feed_timeout: float, qname: str, checkpoint: str | None) -> None:
         """Feeds each micro-batch of a streaming DataFrame once; see the module docstring."""
@@ -146,7 +142,7 @@ class Feeding:
         sup = self.supervisor
         checkpoint = checkpoint or tempfile.mkdtemp(prefix="tfos-stream-")
         marker = f"{checkpoint.rstrip('/')}/tfos-fed-{qname}"
-        last_fed = int(_spark.read_text(self.sc, marker) or -1)
+        last_fed = int(self.spark.read_text(marker) or -1)
         epoch = self._epochs.get(qname, 0)
         self._epochs[qname] = epoch + 1
         sup.server.set_plan(qname, epoch, StickyRoutes(self.consumer_ids()))
@@ -161,12 +157,12 @@ class Feeding:
                 return  # fed before the query restarted, or the feed is over
             idle.clear()
             try:
-                rdd, arrow = _spark.as_rdd(batch)
-                if self._announce(qname, rdd, arrow):
-                    feeder = self._feeder(qname, epoch, feed_timeout, arrow, batch=batch_id)
-                    self._run_job(lambda: rdd.mapPartitionsWithIndex(feeder).collect(), qname,
+                data = self.spark.check_data(batch)
+                if self._announce(qname, data):
+                    feeder = self._feeder(qname, epoch, feed_timeout, batch=batch_id)
+                    self._run_job(lambda: self.spark.feed_job(data, feeder), qname,
                                   f"tfos feed {qname!r} stream batch {batch_id}")
-                _spark.write_text(self.sc, marker, str(batch_id))
+                self.spark.write_text(marker, str(batch_id))
                 last_fed = batch_id
             except BaseException as exc:
                 if not stopping:  # stopping the query interrupts its thread: not the batch's fault
@@ -224,7 +220,7 @@ class Feeding:
         if not isinstance(feed_timeout, (int, float)) or feed_timeout <= 0:
             raise TFOSConfigError(f"feed_timeout must be a positive number of seconds; got {feed_timeout!r}")
 
-    def _feeder(self, qname: str, epoch: int | None, feed_timeout: float, arrow: bool, balanced: bool = False,
+    def _feeder(self, qname: str, epoch: int | None, feed_timeout: float, balanced: bool = False,
                 epoch_rows: int | None = None, cache_plan: dict[str, Any] | None = None,
                 batch: int | None = None) -> Feeder:
         gen = self.supervisor.generation
@@ -233,19 +229,19 @@ class Feeding:
                           for eid in self.consumer_ids())
         return Feeder(cluster_id=gen.cluster_id, credential=gen.credential, server_address=gen.address,
                       qname=qname, epoch=epoch, consumers=consumers, feed_timeout=float(feed_timeout),
-                      local_mode=gen.server.local_mode, arrow=arrow, balanced=balanced, epoch_rows=epoch_rows,
+                      local_mode=gen.server.local_mode, balanced=balanced, epoch_rows=epoch_rows,
                       cache_plan=cache_plan, tls=self.feed_tls, batch=batch)
 
-    def _announce(self, qname: str, rdd: Any, arrow: bool, epoch_rows: int | None = None,
+    def _announce(self, qname: str, data: Any, epoch_rows: int | None = None,
                   cache: dict[str, Any] | None = None) -> bool:
         """Tells the nodes the columns of ``qname`` (from the first row) and, for balanced epochs,
         the rows each node gets an epoch and the cache plan; False if there are no rows."""
         if qname not in self._schemas:
-            with _spark.described(self.sc, None, f"tfos feed {qname!r}: first row for the schema"):
-                first = rdd.take(1)
+            with self.spark.described(None, f"tfos feed {qname!r}: first row for the schema"):
+                first = self.spark.first_rows(data)
             if not first:
                 return False
-            _, self._schemas[qname] = next(self._feeder(qname, 0, 1.0, arrow)._chunks(-1, iter(first)))
+            _, self._schemas[qname] = next(self._feeder(qname, 0, 1.0)._chunks(-1, iter(first)))
         self.supervisor.server.post({"type": Event.FEED_BEGIN, "qname": qname, "schema": self._schemas[qname],
                                      "epoch_rows": epoch_rows, "cache": cache}, self.consumer_ids())
         return True
@@ -273,7 +269,7 @@ class Feeding:
                 done.set()
                 server.wake()
 
-        thread = _spark.job_thread(self.sc, group, description, body)
+        thread = self.spark.job_thread(group, description, body)
         failure: BaseException | None = None
         seen = errors_before
         try:
@@ -295,12 +291,12 @@ class Feeding:
                         log.warning("a feeding task lost its link to a node that is still up: %s", report["message"])
                 seen = len(reports)
         except BaseException:  # Ctrl-C / SIGTERM while the epoch feeds: stop its job before re-raising
-            _spark.cancel(self.sc, group)
+            self.spark.cancel(group)
             raise
         if failure is None and "error" in outcome:
             failure = TFOSError(f"feeding job failed: {_spark.short_error(outcome['error'])}")
         if failure is not None:
-            _spark.cancel(self.sc, group)
+            self.spark.cancel(group)
             thread.join(timeout=30)
             if failure is sup.failure:
                 sup.mark_failure_raised()

@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tfos import _constants as C
 from tfos._protocol import Event, Method, NodeState
@@ -35,9 +35,6 @@ from tfos.driver._progress import Rates, node_rows
 from tfos.driver._supervisor import ClusterState, Supervisor, describe, finished, role
 from tfos.errors import AuthError, ProtocolError, TFOSConfigError, TFOSError
 from tfos.executor._bootstrap import NodeLauncher
-
-if TYPE_CHECKING:
-    from pyspark import SparkContext
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +57,7 @@ class Run:
 class Reservation:
     """See the module docstring."""
 
-    def __init__(self, sc: SparkContext, num_executors: int, *, num_ps: int = 0, eval_node: bool = False,
+    def __init__(self, sc: Any, num_executors: int, *, num_ps: int = 0, eval_node: bool = False,
                  master_node: str | None = "chief", num_gpus: int = 0, tensorboard: bool = False,
                  log_dir: str | None = None, reservation_timeout: float = 600, name: str = "tfos") -> None:
         if isinstance(num_executors, bool) or not isinstance(num_executors, int) or num_executors < 1:
@@ -69,13 +66,14 @@ class Reservation:
             raise TFOSConfigError(f"num_executors={num_executors} leaves no chief or worker after num_ps={num_ps} "
                                   f"and eval_node={bool(eval_node)}; raise num_executors or lower num_ps")
         self.sc = sc
+        spark = _spark.backend(sc)
         self.name = name
         self.template = cluster_template(num_executors, num_ps, master_node, eval_node)
         #: Signs runs; stays in this process and the handle file (see tfos._security).
         self.signer = RunSigner.make()
         run_key = self.signer.public
-        default_fs = _spark.default_fs(sc)
-        jobs = SparkNodeJobs(sc, f"tfos reservation {name!r}: {describe(self.template.values())}",
+        default_fs = spark.default_fs()
+        jobs = SparkNodeJobs(spark, f"tfos reservation {name!r}: {describe(self.template.values())}",
                              lambda gen: NodeLauncher(
                                  cluster_id=gen.cluster_id, server_address=gen.address, credential=gen.credential,
                                  template=self.template, input_mode=int(InputMode.TENSORFLOW),
@@ -84,8 +82,8 @@ class Reservation:
                                  num_gpus=num_gpus, hold=True, run_key=run_key))
         handlers = {Method.STATUS: self._status, Method.SUBMIT: self._submit, Method.RUN_STATE: self._run_state,
                     Method.LOGS: self._logs, Method.RELEASE: self._release}
-        self._supervisor = Supervisor(self.template, jobs, local_mode=_spark.preflight(sc, num_executors),
-                                      hosts=_spark.server_hosts(sc), reservation_timeout=reservation_timeout,
+        self._supervisor = Supervisor(self.template, jobs, local_mode=spark.preflight(num_executors),
+                                      hosts=spark.server_hosts(), reservation_timeout=reservation_timeout,
                                       max_restarts=0, handlers=handlers, large=(Method.SUBMIT,),
                                       on_failure=self._on_failure)
         self._run_key = run_key

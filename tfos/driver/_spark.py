@@ -1,22 +1,32 @@
-"""Every Spark call the driver makes (driver): preflight, hosts, job groups, jobs, cancellation.
+"""Every Spark call the driver makes (driver), behind one small interface with two backends.
 
-The rest of the driver talks to Spark only through this module, so that a Spark Connect
-backend (``is_remote()``, barrier ``mapInArrow`` launches) can sit beside it later.
-Jobs tfos starts carry a job group (for cancellation) and a description a person can
-read in the Spark UI, e.g. "tfos nodes: chief + 2 workers".
+:func:`backend` picks one from what the user passed: :class:`Classic` for a SparkContext or
+a classic SparkSession, :class:`Connect` for a Spark Connect session (no SparkContext, no
+RDD: nodes start as one ``mapInArrow`` job, jobs are cancelled by tag). The rest of the
+driver talks to Spark only through a :class:`Spark` backend: preflight, hosts, labelled and
+cancellable jobs, node tasks, feeding and counting jobs.
+
+Jobs tfos starts carry a group (classic job group, Connect job tag) for cancellation and a
+description a person can read in the Spark UI, e.g. "tfos nodes: chief + 2 workers".
+DataFrames are fed the same way on both backends: one ``mapInArrow`` job whose tasks get
+Arrow record batches, and rows are counted per partition without moving the data to Python.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import pickle
 import re
 import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from tfos import _constants as C
 from tfos.errors import TFOSConfigError
@@ -29,129 +39,474 @@ log = logging.getLogger(__name__)
 _LOCAL_CLUSTER = re.compile(r"local-cluster\[\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\]")
 #: Spark's thread-local properties behind setJobGroup / setJobDescription.
 _GROUP, _DESCRIPTION, _INTERRUPT = "spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel"
+#: A function Spark runs on each partition: (partition index, its rows or Arrow batches) -> values.
+PartitionFn = Callable[[int, Iterator[Any]], Iterator[Any]]
 
 
-def preflight(sc: SparkContext, num_executors: int) -> bool:
-    """Rejects Spark settings that break reservation; returns True in local (single-JVM) mode."""
-    conf = sc.getConf()
-    if conf.get("spark.dynamicAllocation.enabled", "false").lower() == "true":
-        raise TFOSConfigError("spark.dynamicAllocation.enabled=true: executors come and go, so tfos nodes cannot "
-                              "be pinned to them. Set spark.dynamicAllocation.enabled=false.")
-    if conf.get("spark.speculation", "false").lower() == "true":
-        raise TFOSConfigError("spark.speculation=true: Spark would run a second copy of a slow feeding task beside "
-                              "the first, and each node takes a partition's rows from one attempt at a time. Set "
-                              "spark.speculation=false (tfos already survives retried tasks).")
-    master = sc.master or ""
-    local_cluster = _LOCAL_CLUSTER.match(master)
-    task_cpus = int(conf.get("spark.task.cpus", "1"))
-    cores = int(local_cluster.group(2)) if local_cluster else int(conf.get("spark.executor.cores", "0"))
-    if cores and cores // task_cpus > 1:
-        raise TFOSConfigError(f"executors have {cores // task_cpus} task slots ({cores} cores, spark.task.cpus="
-                              f"{task_cpus}), so two tfos nodes could share one. Set spark.task.cpus={cores}.")
-    executors = int(local_cluster.group(1)) if local_cluster else int(conf.get("spark.executor.instances", "0"))
-    if executors and executors < num_executors:
-        raise TFOSConfigError(f"num_executors={num_executors} but the Spark application has only "
-                              f"{executors} executors; lower num_executors or add executors.")
-    user_python = conf.get("spark.pyspark.python", None) or os.environ.get("PYSPARK_PYTHON")
-    if not user_python and sc.pythonExec != sys.executable:
-        log.info("PYSPARK_PYTHON not set: executors will run %s like the driver", sys.executable)
-        sc.pythonExec = sys.executable
-    return master.startswith("local") and not local_cluster
+def backend(spark: Any) -> Spark:
+    """The backend for a SparkContext, a SparkSession (classic or Spark Connect) or a backend."""
+    if isinstance(spark, Spark):
+        return spark
+    if is_connect(spark):
+        return Connect(spark)
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    if isinstance(spark, SparkContext):
+        return Classic(spark)
+    if isinstance(spark, SparkSession):
+        return Classic(spark.sparkContext)
+    raise TFOSConfigError(f"expected a SparkSession (classic or Spark Connect) or a SparkContext; got "
+                          f"{type(spark).__name__}")
 
 
-def server_hosts(sc: SparkContext) -> tuple[str, str]:
-    """(address the control server binds, address nodes use to reach it)."""
-    override = C.get_str(C.SERVER_HOST)
-    if override:
-        return override, override
-    conf = sc.getConf()
-    advertised = conf.get("spark.driver.host", None) or socket.gethostbyname(socket.gethostname())
-    return conf.get("spark.driver.bindAddress", None) or "0.0.0.0", advertised
+def is_connect(obj: Any) -> bool:
+    """True for Spark Connect objects (sessions, DataFrames): they live in ``pyspark.sql.connect``."""
+    return type(obj).__module__.startswith("pyspark.sql.connect.")
 
 
-def default_fs(sc: SparkContext) -> str:
-    """Hadoop's default filesystem, e.g. ``file:///`` or ``hdfs://nn:8020``."""
-    return sc._jsc.hadoopConfiguration().get("fs.defaultFS") or "file:///"
+class Spark:
+    """What tfos needs from Spark; :class:`Classic` and :class:`Connect` implement it."""
 
+    remote = False
 
-def live_executors(sc: SparkContext) -> int:
-    """Executors registered with the application now (-1 when Spark cannot say)."""
-    try:
-        return max(0, sc._jsc.sc().getExecutorMemoryStatus().size() - 1)
-    except Exception:  # noqa: BLE001 - diagnostics only
+    def conf(self, key: str, default: str | None = None) -> str | None:
+        raise NotImplementedError
+
+    @property
+    def master(self) -> str:
+        return self.conf("spark.master", "") or ""
+
+    def preflight(self, num_executors: int) -> bool:
+        """Rejects Spark settings that break reservation; returns True in local (single-JVM) mode."""
+        if (self.conf("spark.dynamicAllocation.enabled", "false") or "").lower() == "true":
+            raise TFOSConfigError("spark.dynamicAllocation.enabled=true: executors come and go, so tfos nodes "
+                                  "cannot be pinned to them. Set spark.dynamicAllocation.enabled=false.")
+        if (self.conf("spark.speculation", "false") or "").lower() == "true":
+            raise TFOSConfigError("spark.speculation=true: Spark would run a second copy of a slow feeding task "
+                                  "beside the first, and each node takes a partition's rows from one attempt at a "
+                                  "time. Set spark.speculation=false (tfos already survives retried tasks).")
+        master = self.master
+        local_cluster = _LOCAL_CLUSTER.match(master)
+        task_cpus = int(self.conf("spark.task.cpus", "1") or 1)
+        cores = int(local_cluster.group(2)) if local_cluster else int(self.conf("spark.executor.cores", "0") or 0)
+        if cores and cores // task_cpus > 1:
+            raise TFOSConfigError(f"executors have {cores // task_cpus} task slots ({cores} cores, spark.task.cpus="
+                                  f"{task_cpus}), so two tfos nodes could share one. Set spark.task.cpus={cores}.")
+        executors = (int(local_cluster.group(1)) if local_cluster
+                     else int(self.conf("spark.executor.instances", "0") or 0))
+        if executors and executors < num_executors:
+            raise TFOSConfigError(f"num_executors={num_executors} but the Spark application has only "
+                                  f"{executors} executors; lower num_executors or add executors.")
+        return master.startswith("local") and not local_cluster
+
+    def server_hosts(self) -> tuple[str, str]:
+        """(address the control server binds, address nodes use to reach it)."""
+        raise NotImplementedError
+
+    def default_fs(self) -> str:
+        """Hadoop's default filesystem, e.g. ``file:///`` or ``hdfs://nn:8020``."""
+        raise NotImplementedError
+
+    def live_executors(self) -> int:
+        """Executors registered with the application now (-1 when Spark cannot say)."""
         return -1
 
+    def described(self, group: str | None, description: str) -> contextlib.AbstractContextManager[None]:
+        """Runs the Spark jobs the calling thread starts in the ``with`` body under ``group`` and
+        ``description``; the thread's own labels are restored afterwards."""
+        raise NotImplementedError
 
-@contextlib.contextmanager
-def described(sc: SparkContext, group: str | None, description: str) -> Iterator[None]:
-    """Runs the Spark jobs of the ``with`` body under ``group`` and ``description``.
+    def job_thread(self, group: str, description: str, target: Callable[..., None], *args: Any) -> threading.Thread:
+        """Runs ``target(*args)`` in a daemon thread whose Spark jobs carry ``group`` and ``description``."""
 
-    The calling thread's own job group and description are restored afterwards, so a
-    user's later jobs are not labelled as tfos's.
+        def body() -> None:
+            with self.described(group, description):
+                target(*args)
+
+        thread = self._thread(body, f"{group}-{description}")
+        thread.start()
+        return thread
+
+    def _thread(self, body: Callable[[], None], name: str) -> threading.Thread:
+        return threading.Thread(target=body, name=name, daemon=True)
+
+    def cancel(self, group: str) -> None:
+        """Cancels every running job of ``group`` (interrupting its tasks)."""
+        raise NotImplementedError
+
+    def run_on_executors(self, num_tasks: int, task: Callable[[Iterator[Any]], Iterator[Any]]) -> list[Any]:
+        """Runs ``task`` as ``num_tasks`` tasks, one per partition, and collects what they yield."""
+        raise NotImplementedError
+
+    # ---- data --------------------------------------------------------------------------------
+    def check_data(self, data: Any) -> Any:
+        """``data`` ready to feed: a DataFrame with its vectors as arrays (its column types checked), or an
+        RDD (classic only)."""
+        if _is_dataframe(data):
+            from tfos.feed._feeder import check_dataframe_schema, vectors_as_arrays
+
+            check_dataframe_schema(data)
+            return vectors_as_arrays(data)
+        raise TFOSConfigError(f"data must be a pyspark DataFrame or RDD; got {type(data).__name__}")
+
+    def first_rows(self, data: Any) -> list[Any]:
+        """The first row of checked ``data`` (an Arrow record batch of one row for a DataFrame); [] if empty."""
+        return [batch for batch in data.limit(1).toArrow().to_batches() if batch.num_rows]
+
+    def partition_counts(self, data: Any, description: str) -> list[int]:
+        """Rows in each partition of checked ``data``, by one Spark job. A DataFrame's rows stay in the JVM:
+        its tasks see a constant column of the same partitions."""
+        from pyspark.sql import functions as F
+
+        with self.described(None, description):
+            return self.feed_job(data.select(F.lit(True).alias("row")), _count_rows)
+
+    def feed_job(self, data: Any, fn: PartitionFn) -> list[int]:
+        """Runs ``fn`` on every partition of checked ``data`` (which yields one count each); the counts by
+        partition."""
+        rows = data.mapInArrow(_ByPartition(fn), "partition long, value long").collect()
+        return [value for _, value in sorted((row.partition, row.value) for row in rows)]
+
+    def inference(self, data: Any, fn: PartitionFn, schema: Any) -> Any:
+        """A DataFrame of what ``fn`` yields for each partition of checked ``data``, with ``schema`` (a
+        StructType or DDL string)."""
+        if schema is None:
+            raise TFOSConfigError("inference() from a DataFrame on Spark Connect returns a DataFrame: pass "
+                                  "schema= naming the columns main_fun's batch_results yields, e.g. "
+                                  "schema='prediction double' or 'label long, probability array<float>'")
+        struct = data.mapInArrow(_no_rows, schema).schema  # analysis only: a DDL string becomes a StructType
+        return data.mapInArrow(_Results(fn, struct.json()), struct)
+
+    def read_text(self, path: str) -> str | None:
+        """A small file's text on any Hadoop filesystem (None if missing)."""
+        raise NotImplementedError
+
+    def write_text(self, path: str, text: str) -> None:
+        """Replaces a small file on any Hadoop filesystem."""
+        raise NotImplementedError
+
+
+class Classic(Spark):
+    """A SparkContext in this process (py4j to its JVM)."""
+
+    def __init__(self, sc: SparkContext) -> None:
+        self.sc = sc
+
+    def conf(self, key: str, default: str | None = None) -> str | None:
+        return self.sc.getConf().get(key, default)
+
+    @property
+    def master(self) -> str:
+        return self.sc.master or ""
+
+    def preflight(self, num_executors: int) -> bool:
+        local = super().preflight(num_executors)
+        user_python = self.conf("spark.pyspark.python") or os.environ.get("PYSPARK_PYTHON")
+        if not user_python and self.sc.pythonExec != sys.executable:
+            log.info("PYSPARK_PYTHON not set: executors will run %s like the driver", sys.executable)
+            self.sc.pythonExec = sys.executable
+        return local
+
+    def server_hosts(self) -> tuple[str, str]:
+        override = C.get_str(C.SERVER_HOST)
+        if override:
+            return override, override
+        advertised = self.conf("spark.driver.host") or socket.gethostbyname(socket.gethostname())
+        return self.conf("spark.driver.bindAddress") or "0.0.0.0", advertised
+
+    def default_fs(self) -> str:
+        return self.sc._jsc.hadoopConfiguration().get("fs.defaultFS") or "file:///"
+
+    def live_executors(self) -> int:
+        try:
+            return max(0, self.sc._jsc.sc().getExecutorMemoryStatus().size() - 1)
+        except Exception:  # noqa: BLE001 - diagnostics only
+            return -1
+
+    @contextlib.contextmanager
+    def described(self, group: str | None, description: str) -> Iterator[None]:
+        sc = self.sc
+        saved = {key: sc.getLocalProperty(key) for key in (_GROUP, _DESCRIPTION, _INTERRUPT)}
+        if group is not None:
+            sc.setJobGroup(group, description, interruptOnCancel=True)
+        else:
+            sc.setJobDescription(description)
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                sc.setLocalProperty(key, value)  # None clears it
+
+    def _thread(self, body: Callable[[], None], name: str) -> threading.Thread:
+        from pyspark import InheritableThread
+
+        return InheritableThread(target=body, name=name, daemon=True)
+
+    def cancel(self, group: str) -> None:
+        self.sc.cancelJobGroup(group)
+
+    def run_on_executors(self, num_tasks: int, task: Callable[[Iterator[Any]], Iterator[Any]]) -> list[Any]:
+        return self.sc.parallelize(range(num_tasks), num_tasks).mapPartitions(task).collect()
+
+    def check_data(self, data: Any) -> Any:
+        from pyspark import RDD
+
+        return data if isinstance(data, RDD) else super().check_data(data)
+
+    def first_rows(self, data: Any) -> list[Any]:
+        from pyspark import RDD
+
+        return data.take(1) if isinstance(data, RDD) else super().first_rows(data)
+
+    def partition_counts(self, data: Any, description: str) -> list[int]:
+        from pyspark import RDD
+
+        if not isinstance(data, RDD):
+            return super().partition_counts(data, description)
+        with self.described(None, description):
+            return data.mapPartitionsWithIndex(_count_rows).collect()
+
+    def feed_job(self, data: Any, fn: PartitionFn) -> list[int]:
+        from pyspark import RDD
+
+        return data.mapPartitionsWithIndex(fn).collect() if isinstance(data, RDD) else super().feed_job(data, fn)
+
+    def inference(self, data: Any, fn: PartitionFn, schema: Any) -> Any:
+        """An RDD of results (as TensorFlowOnSpark returned), or a DataFrame when ``schema`` is given."""
+        from pyspark import RDD
+
+        if schema is not None and not isinstance(data, RDD):
+            return super().inference(data, fn, schema)
+        if schema is not None:
+            raise TFOSConfigError("schema= makes inference() return a DataFrame, which needs DataFrame input; "
+                                  "an RDD gives an RDD of results (leave schema out)")
+        rdd = data if isinstance(data, RDD) else _arrow_batches_rdd(data)
+        return rdd.mapPartitionsWithIndex(fn)
+
+    def read_text(self, path: str) -> str | None:
+        jvm = self.sc._jvm
+        hpath = jvm.org.apache.hadoop.fs.Path(path)
+        fs = hpath.getFileSystem(self.sc._jsc.hadoopConfiguration())
+        if not fs.exists(hpath):
+            return None
+        stream = fs.open(hpath)
+        try:
+            return jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
+        finally:
+            stream.close()
+
+    def write_text(self, path: str, text: str) -> None:
+        jvm = self.sc._jvm
+        hpath = jvm.org.apache.hadoop.fs.Path(path)
+        tmp = jvm.org.apache.hadoop.fs.Path(path + ".tmp")
+        fs = hpath.getFileSystem(self.sc._jsc.hadoopConfiguration())
+        out = fs.create(tmp, True)
+        try:
+            out.write(bytearray(text.encode()))
+        finally:
+            out.close()
+        fs.delete(hpath, False)
+        fs.rename(tmp, hpath)
+
+
+class Connect(Spark):
+    """A Spark Connect session: the driver JVM is remote, reached over gRPC; no SparkContext, no RDD.
+
+    Jobs are labelled and cancelled with job tags, which the Connect client keeps per thread.
     """
-    saved = {key: sc.getLocalProperty(key) for key in (_GROUP, _DESCRIPTION, _INTERRUPT)}
-    if group is not None:
-        sc.setJobGroup(group, description, interruptOnCancel=True)
-    else:
-        sc.setJobDescription(description)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            sc.setLocalProperty(key, value)  # None clears it
+
+    remote = True
+
+    def __init__(self, spark: Any) -> None:
+        self.spark = spark
+
+    def conf(self, key: str, default: str | None = None) -> str | None:
+        return self.spark.conf.get(key, default)
+
+    def server_hosts(self) -> tuple[str, str]:
+        """The control server stays on this client: it binds the address the client reaches the Connect
+        server from, which executors beside that server reach too (or ``TFOS_SERVER_HOST``)."""
+        override = C.get_str(C.SERVER_HOST)
+        if override:
+            return override, override
+        host, port = self._endpoint()
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, port))  # UDP: picks the route, sends nothing
+            local = probe.getsockname()[0]
+        return local, local
+
+    def _endpoint(self) -> tuple[str, int]:
+        """(IP address, port) of the Connect server this session talks to."""
+        builder = self.spark.client._builder
+        url = getattr(builder, "url", None)  # DefaultChannelBuilder's parsed sc:// URL
+        host = url.hostname if url is not None else str(builder.host).strip("[]")
+        return socket.gethostbyname(host or "localhost"), (url.port if url is not None else None) or 15002
+
+    def preflight(self, num_executors: int) -> bool:
+        local = super().preflight(num_executors)
+        host, _ = self._endpoint()
+        if not getattr(self.spark.client._builder, "secure", True) and not host.startswith("127."):
+            log.warning("the Spark Connect channel to %s is not encrypted, and tfos's node tasks carry the "
+                        "cluster's key through it: connect with sc://HOST:PORT/;use_ssl=true", host)
+        return local
+
+    def default_fs(self) -> str:
+        return self.conf("spark.hadoop.fs.defaultFS") or "file:///"
+
+    @contextlib.contextmanager
+    def described(self, group: str | None, description: str) -> Iterator[None]:
+        tags = [tag for tag in (group, _tag(description)) if tag and tag not in self.spark.getTags()]
+        for tag in tags:
+            self.spark.addTag(tag)
+        try:
+            yield
+        finally:
+            for tag in tags:
+                self.spark.removeTag(tag)
+
+    def cancel(self, group: str) -> None:
+        self.spark.interruptTag(group)
+
+    def run_on_executors(self, num_tasks: int, task: Callable[[Iterator[Any]], Iterator[Any]]) -> list[Any]:
+        rows = self.spark.range(0, num_tasks, 1, num_tasks).mapInArrow(_Pickled(task), "value binary").collect()
+        return [pickle.loads(row.value) for row in rows]
+
+    def check_data(self, data: Any) -> Any:
+        if not _is_dataframe(data):
+            what = "has no RDDs" if "RDD" in type(data).__name__ else f"cannot feed a {type(data).__name__}"
+            raise TFOSConfigError(f"a Spark Connect session {what}: pass a DataFrame, e.g. "
+                                  "spark.createDataFrame(rows, schema) or spark.read.parquet(path)")
+        if not is_connect(data):
+            raise TFOSConfigError("this DataFrame belongs to a classic SparkSession, the cluster to a Spark "
+                                  "Connect session: make the DataFrame from the Connect session")
+        return super().check_data(data)
+
+    def read_text(self, path: str) -> str | None:
+        from pyspark.errors import AnalysisException
+
+        try:
+            lines = self.spark.read.text(path).collect()
+        except AnalysisException:
+            return None  # PATH_NOT_FOUND
+        return "\n".join(row.value for row in lines)
+
+    def write_text(self, path: str, text: str) -> None:
+        self.spark.createDataFrame([(text,)], "value string").coalesce(1).write.mode("overwrite").text(path)
 
 
-def job_thread(sc: SparkContext, group: str, description: str, target: Callable[..., None],
-               *args: Any) -> threading.Thread:
-    """Runs ``target(*args)`` in a daemon thread whose Spark jobs carry ``group`` and ``description``."""
-    from pyspark import InheritableThread
-
-    def body() -> None:
-        sc.setJobGroup(group, description, interruptOnCancel=True)
-        target(*args)
-
-    thread = InheritableThread(target=body, name=f"{group}-{description}", daemon=True)
-    thread.start()
-    return thread
+def _tag(description: str) -> str:
+    """A Connect job tag from a description (tags cannot hold commas)."""
+    return description.replace(",", ";")
 
 
-def cancel(sc: SparkContext, group: str) -> None:
-    """Cancels every running job of ``group`` (interrupting its tasks)."""
-    sc.cancelJobGroup(group)
-
-
-def run_on_executors(sc: SparkContext, num_tasks: int, task: Callable[[Iterator[Any]], Iterator[Any]]) -> list[Any]:
-    """Runs ``task`` as ``num_tasks`` tasks, one per partition, and collects what they yield."""
-    return sc.parallelize(range(num_tasks), num_tasks).mapPartitions(task).collect()
-
-
-def as_rdd(data: Any) -> tuple[Any, bool]:
-    """(RDD to feed, whether its elements are Arrow IPC streams of a DataFrame)."""
-    from pyspark import RDD
+def _is_dataframe(data: Any) -> bool:
     from pyspark.sql import DataFrame
 
-    from tfos.feed._feeder import dataframe_to_arrow_rdd
-
-    if isinstance(data, DataFrame):
-        return dataframe_to_arrow_rdd(data), True
-    if isinstance(data, RDD):
-        return data, False
-    raise TFOSConfigError(f"data must be a pyspark RDD or DataFrame; got {type(data).__name__}")
+    return isinstance(data, DataFrame)
 
 
-def partition_counts(sc: SparkContext, rdd: Any, arrow: bool, description: str) -> list[int]:
-    """Rows in each partition of ``rdd`` (of Arrow IPC streams when ``arrow``), by one Spark job."""
+def _count_rows(partition: int, rows: Iterator[Any]) -> Iterator[int]:
+    from tfos.feed._feeder import _is_record_batch
 
-    def count(blobs: Iterator[Any]) -> Iterator[int]:
-        if not arrow:
-            yield sum(1 for _ in blobs)
-            return
+    yield sum(item.num_rows if _is_record_batch(item) else 1 for item in rows)
+
+
+def _no_rows(batches: Iterator[Any]) -> Iterator[Any]:
+    return iter(())
+
+
+@dataclass(frozen=True)
+class _ByPartition:
+    """A ``mapInArrow`` function that runs ``fn`` on its partition's record batches; one row per value."""
+
+    fn: PartitionFn
+
+    def __call__(self, batches: Iterator[Any]) -> Iterator[Any]:
+        import pyarrow as pa
+        from pyspark import TaskContext
+
+        partition = TaskContext.get().partitionId()
+        for value in self.fn(partition, batches):
+            yield pa.RecordBatch.from_pydict({"partition": [partition], "value": [int(value)]})
+
+
+@dataclass(frozen=True)
+class _Results:
+    """A ``mapInArrow`` function that runs an inference ``fn`` and turns its result rows into record batches."""
+
+    fn: PartitionFn
+    schema_json: str
+    rows_per_batch: int = 4096
+
+    def __call__(self, batches: Iterator[Any]) -> Iterator[Any]:
+        import pyarrow as pa
+        from pyspark import TaskContext
+        from pyspark.sql.pandas.types import to_arrow_schema
+        from pyspark.sql.types import StructType
+
+        schema = to_arrow_schema(StructType.fromJson(json.loads(self.schema_json)))
+        partition = TaskContext.get().partitionId()
+        rows: list[Any] = []
+        for row in self.fn(partition, batches):
+            rows.append(row if len(schema) > 1 else (row,))
+            if len(rows) == self.rows_per_batch:
+                yield _record_batch(pa, schema, rows, partition)
+                rows = []
+        if rows:
+            yield _record_batch(pa, schema, rows, partition)
+
+
+def _record_batch(pa: Any, schema: Any, rows: list[Any], partition: int) -> Any:
+    from tfos.errors import FeedDataError
+
+    columns = list(zip(*rows))
+    if len(columns) != len(schema):
+        raise FeedDataError(f"partition {partition}: batch_results gave rows of {len(columns)} values for a schema "
+                            f"of {len(schema)} columns ({', '.join(schema.names)})", partition=partition)
+    arrays = []
+    for field, values in zip(schema, columns):
+        try:
+            arrays.append(pa.array([v.tolist() if hasattr(v, "tolist") else v for v in values], type=field.type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+            raise FeedDataError(f"partition {partition}: result column {field.name!r} does not fit the schema's "
+                                f"type {field.type}: {exc}", partition=partition, column=field.name) from None
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+@dataclass(frozen=True)
+class _Pickled:
+    """A ``mapInArrow`` function that feeds its rows' first column to ``task`` and pickles what it yields."""
+
+    task: Callable[[Iterator[Any]], Iterator[Any]]
+
+    def __call__(self, batches: Iterator[Any]) -> Iterator[Any]:
         import pyarrow as pa
 
-        yield sum(batch.num_rows for blob in blobs for batch in pa.ipc.open_stream(blob))
+        values = (value for batch in batches for value in batch.column(0).to_pylist())
+        yield pa.RecordBatch.from_pydict({"value": [pickle.dumps(out) for out in self.task(values)]},
+                                         schema=pa.schema([("value", pa.binary())]))
 
-    with described(sc, None, description):
-        return rdd.mapPartitions(count).collect()
+
+def _arrow_batches_rdd(df: Any) -> Any:
+    """An RDD of Arrow record batches of checked ``df`` (classic): Spark carries them between its JVM and
+    Python as Arrow IPC streams, one per batch, turned back into batches in the task that reads them."""
+
+    def to_ipc(batches: Iterator[Any]) -> Iterator[Any]:
+        import pyarrow as pa
+
+        for batch in batches:
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, batch.schema) as writer:
+                writer.write_batch(batch)
+            yield pa.RecordBatch.from_pydict({"ipc": [sink.getvalue().to_pybytes()]})
+
+    def from_ipc(row: Any) -> Any:
+        import pyarrow as pa
+
+        return pa.ipc.open_stream(row[0]).read_next_batch()
+
+    return df.mapInArrow(to_ipc, "ipc binary").rdd.map(from_ipc)
 
 
 def is_streaming(data: Any) -> bool:
@@ -176,33 +531,14 @@ def raise_stream_error(query: Any) -> None:
         raise TFOSError(f"the streaming query feeding the cluster failed: {short_error(error)}")
 
 
-def read_text(sc: SparkContext, path: str) -> str | None:
-    """A small file's text on any Hadoop filesystem (None if missing)."""
-    jvm = sc._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    fs = hpath.getFileSystem(sc._jsc.hadoopConfiguration())
-    if not fs.exists(hpath):
-        return None
-    stream = fs.open(hpath)
-    try:
-        return jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
-    finally:
-        stream.close()
+def described(spark: Any, group: str | None, description: str) -> contextlib.AbstractContextManager[None]:
+    """``backend(spark).described(group, description)``, for callers holding a SparkContext or session."""
+    return backend(spark).described(group, description)
 
 
-def write_text(sc: SparkContext, path: str, text: str) -> None:
-    """Replaces a small file on any Hadoop filesystem (write then rename)."""
-    jvm = sc._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    tmp = jvm.org.apache.hadoop.fs.Path(path + ".tmp")
-    fs = hpath.getFileSystem(sc._jsc.hadoopConfiguration())
-    out = fs.create(tmp, True)
-    try:
-        out.write(bytearray(text.encode()))
-    finally:
-        out.close()
-    fs.delete(hpath, False)
-    fs.rename(tmp, hpath)
+def default_fs(spark: Any) -> str:
+    """``backend(spark).default_fs()``."""
+    return backend(spark).default_fs()
 
 
 def short_error(exc: BaseException) -> str:

@@ -78,7 +78,6 @@ class Feeder:
     consumers: tuple[Consumer, ...]
     feed_timeout: float
     local_mode: bool
-    arrow: bool
     balanced: bool = False  # route a training epoch by the driver's EpochPlan
     epoch_rows: int | None = None  # rows each node gets an epoch (balanced), told again in every hello
     cache_plan: dict[str, Any] | None = None  # the epoch cache's plan, likewise
@@ -307,12 +306,13 @@ class Feeder:
 
     # ---- shared ------------------------------------------------------------------------------
     def _chunks(self, partition: int, rows: Iterator[Any]) -> Iterator[tuple[list[Column], dict[str, Any]]]:
-        if self.arrow:
-            yield from _arrow_chunks(partition, rows)
-            return
+        """Column chunks of a partition's rows, or of its Arrow record batches (a DataFrame's)."""
         rows = iter(rows)
         first = next(rows, None)
         if first is None:
+            return
+        if _is_record_batch(first):
+            yield from _arrow_chunks(partition, itertools.chain([first], rows))
             return
         multi = is_multi_field(first)
         offset, expected, schema = 0, None, None
@@ -517,31 +517,33 @@ def result_rows(columns: list[Column]) -> Iterator[Any]:
     return zip(*values)
 
 
-def _arrow_chunks(partition: int, blobs: Iterator[bytes]) -> Iterator[tuple[list[Column], dict[str, Any]]]:
-    """Column chunks from Arrow IPC streams (one per Arrow batch of a DataFrame partition)."""
-    import pyarrow as pa
-
+def _arrow_chunks(partition: int, batches: Iterator[Any]) -> Iterator[tuple[list[Column], dict[str, Any]]]:
+    """Column chunks from Arrow record batches (a DataFrame partition's)."""
     budget = C.get_int(C.FEED_CHUNK_BYTES)
     offset = 0
     first: list[dict[str, Any]] | None = None
-    for blob in blobs:
-        with pa.ipc.open_stream(blob) as reader:
-            for batch in reader:
-                if batch.num_rows == 0:
-                    continue
-                names = batch.schema.names
-                columns = [_arrow_column(batch.column(i), names[i], partition, offset) for i in range(len(names))]
-                schema = {"multi": True, "names": names, "cols": [column_spec(c) for c in columns]}
-                first = first or schema["cols"]
-                for name, spec, want in zip(names, schema["cols"], first):
-                    if spec["shape"][1:] != want["shape"][1:]:  # arrays whose length changes between batches
-                        raise FeedDataError(
-                            f"partition {partition} row {offset}: column {name!r} holds arrays of shape "
-                            f"{tuple(spec['shape'][1:])}, earlier rows have {tuple(want['shape'][1:])}; every "
-                            "row must have the same array lengths", partition=partition, row=offset)
-                for start, stop in _chunk_bounds(columns, budget):
-                    yield [c[start:stop] for c in columns], schema
-                offset += batch.num_rows
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        names = batch.schema.names
+        columns = [_arrow_column(batch.column(i), names[i], partition, offset) for i in range(len(names))]
+        schema = {"multi": True, "names": names, "cols": [column_spec(c) for c in columns]}
+        first = first or schema["cols"]
+        for name, spec, want in zip(names, schema["cols"], first):
+            if spec["shape"][1:] != want["shape"][1:]:  # arrays whose length changes between batches
+                raise FeedDataError(
+                    f"partition {partition} row {offset}: column {name!r} holds arrays of shape "
+                    f"{tuple(spec['shape'][1:])}, earlier rows have {tuple(want['shape'][1:])}; every "
+                    "row must have the same array lengths", partition=partition, row=offset)
+        for start, stop in _chunk_bounds(columns, budget):
+            yield [c[start:stop] for c in columns], schema
+        offset += batch.num_rows
+
+
+def _is_record_batch(item: Any) -> bool:
+    """True for a pyarrow RecordBatch (without importing pyarrow for RDDs of plain rows)."""
+    kind = type(item)
+    return kind.__name__ == "RecordBatch" and kind.__module__.startswith("pyarrow")
 
 
 def _arrow_column(column: Any, name: str, partition: int, offset: int) -> Column:
@@ -652,25 +654,3 @@ def _fix_for(data_type: Any) -> str:
     if isinstance(data_type, T.NullType):
         return "it holds only nulls: drop it, or give it a type and values"
     return "cast it to a number, string or binary column, or drop it"
-
-
-def dataframe_to_arrow_rdd(df: Any) -> Any:
-    """An RDD of Arrow IPC streams, one per Arrow batch of ``df``: no per-row Python work.
-
-    Checks ``df``'s column types first (:func:`check_dataframe_schema`), so a column the
-    feed cannot carry fails here, on the driver, before any node sees data.
-    """
-    check_dataframe_schema(df)
-
-    def to_ipc(batches: Iterator[Any]) -> Iterator[Any]:
-        import pyarrow as pa
-
-        for batch in batches:
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, batch.schema) as writer:
-                writer.write_batch(batch)
-            yield pa.RecordBatch.from_pydict({"ipc": [sink.getvalue().to_pybytes()]})
-
-    return vectors_as_arrays(df).mapInArrow(to_ipc, "ipc binary").rdd.map(lambda row: row[0])
-
-

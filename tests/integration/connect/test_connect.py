@@ -1,0 +1,99 @@
+"""tfos from a Spark Connect session: no SparkContext and no RDD in the client process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+import tfos
+from tests.integration.test_reliability import node_pid, train_in_background, wait_for
+
+
+def consume_forever(args, ctx):
+    feed = ctx.get_data_feed()
+    print(f"{ctx.job_name}:{ctx.task_index} is consuming", flush=True)
+    while not feed.should_stop():
+        feed.next_batch(32)
+
+
+def describe_node(args, ctx):
+    with open(os.path.join(args["out"], f"{ctx.job_name}-{ctx.task_index}.json"), "w") as f:
+        json.dump({"executor_id": ctx.executor_id, "cluster": ctx.cluster_spec, "pid": os.getpid()}, f)
+
+
+def test_the_client_process_holds_no_spark_context(spark):
+    from pyspark import SparkContext
+
+    assert type(spark).__module__ == "pyspark.sql.connect.session"
+    assert SparkContext._active_spark_context is None
+
+
+def test_nodes_start_and_read_their_own_data(spark, tmp_path, no_leftovers):
+    cluster = tfos.run(spark, describe_node, {"out": str(tmp_path)}, 2)
+    cluster.shutdown()
+    chief = json.loads((tmp_path / "chief-0.json").read_text())
+    worker = json.loads((tmp_path / "worker-0.json").read_text())
+    assert {chief["executor_id"], worker["executor_id"]} == {0, 1}
+    assert chief["cluster"] == worker["cluster"] and len(chief["cluster"]["worker"]) == 1
+
+
+def drain_then_score(args, ctx):
+    """Reads args['rows'] rows of queue 'input', recording ids; then answers queue 'score' with 2 * id."""
+    feed = ctx.get_data_feed(input_mapping={"id": "id", "x": "x"})
+    seen = []
+    while len(seen) < args["rows"]:
+        batch = feed.next_batch(50)  # divides each node's rows: a fuller batch would wait for rows that never come
+        if batch:
+            assert (batch["x"][:, 0] == batch["id"]).all()
+            seen.extend(int(i) for i in batch["id"])
+    with open(os.path.join(args["out"], f"{ctx.job_name}.json"), "w") as f:
+        json.dump(seen, f)
+    scores = ctx.get_data_feed(train_mode=False, qname_in="score")
+    while not scores.should_stop():
+        rows = scores.next_batch(50)
+        if rows:
+            scores.batch_results([(int(i), float(2 * i)) for i, _ in rows])
+
+
+def test_dataframes_train_balanced_epochs_and_infer_to_a_dataframe(spark, tmp_path, no_leftovers):
+    n = 3000
+    df = spark.range(0, n, 1, 3).selectExpr("id", "array(cast(id as float), 1.0f) AS x")
+    with tfos.run(spark, drain_then_score, {"out": str(tmp_path), "rows": 2 * n // 2}, 2, input_mode=tfos.InputMode.SPARK) as cluster:
+        cluster.train(df, num_epochs=2)
+        assert cluster.consumed_rows() == {"chief:0": n, "worker:0": n}
+        results = cluster.inference(spark.range(0, 500, 1, 4).selectExpr("id", "0 AS pad"), qname="score",
+                                    schema="id long, score double")
+        assert type(results).__module__.startswith("pyspark.sql.connect")
+        rows = results.collect()
+    seen = sorted(json.loads((tmp_path / "chief.json").read_text()) + json.loads((tmp_path / "worker.json").read_text()))
+    assert seen == sorted(list(range(n)) * 2)
+    assert [(r.id, r.score) for r in rows] == [(i, 2.0 * i) for i in range(500)]
+
+
+def test_inference_on_connect_needs_a_schema_and_rdds_are_refused(spark, no_leftovers):
+    with tfos.run(spark, consume_forever, None, 2, input_mode=tfos.InputMode.SPARK) as cluster:
+        with pytest.raises(tfos.TFOSConfigError, match=r"pass schema= naming the columns"):
+            cluster.inference(spark.range(10))
+        with pytest.raises(tfos.TFOSConfigError, match=r"pass a DataFrame"):
+            cluster.train([(1, 2), (3, 4)])
+
+
+def test_a_killed_node_fails_training_within_seconds(spark, no_leftovers):
+    df = spark.range(0, 4000, 1, 4).selectExpr("id", "array_repeat(cast(id as float), 16) AS x")
+    cluster = tfos.run(spark, consume_forever, None, 2, input_mode=tfos.InputMode.SPARK)
+    thread, outcome = train_in_background(cluster, df)
+    wait_for(lambda: sum(cluster.consumed_rows().values()) > 0, 60, "rows to be consumed")
+    wait_for(lambda: "worker:0 is consuming" in cluster.log_tail("worker:0"), 30, "the node's output")
+    os.kill(node_pid("worker:0"), signal.SIGKILL)
+    killed_at = time.monotonic()
+    thread.join(timeout=30)
+    error = outcome.get("error")
+    assert isinstance(error, tfos.NodeFailedError), repr(error)
+    assert outcome["at"] - killed_at < 10
+    assert "worker:0" in str(error) and "host" in str(error)
+    assert cluster.state == tfos.ClusterState.FAILED
+    cluster.shutdown()
