@@ -1,6 +1,7 @@
 """``tfos reserve / status / run / logs / release`` (driver machine): a cluster held like Slurm's salloc.
 
-``reserve`` starts a Spark application whose executors each hold one TensorFlow node,
+``reserve`` starts a Spark application whose executors each hold one TensorFlow node
+(``--master``), or holds them from a Spark Connect session (``--remote sc://HOST:PORT``),
 writes a handle file (mode 0600) and stays until Ctrl-C, SIGTERM or ``tfos release``
 (or returns once the cluster is up with ``--detach``, leaving it to a background
 process). The other commands read the handle and talk to that process.
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from tfos.errors import AuthError, ReservationTimeoutError, TFOSConfigError, TFOSError
 
@@ -38,13 +40,19 @@ def add_commands(commands: Any) -> None:
         "reserve", help="hold a TensorFlow cluster on Spark executors (like salloc)",
         description="Starts a Spark application holding one TensorFlow node per executor, writes a handle file "
                     "and stays until Ctrl-C, SIGTERM or `tfos release HANDLE`.")
-    reserve.add_argument("--master", required=True, help="Spark master URL (spark://host:7077, local-cluster[...])")
+    where = reserve.add_argument_group("where (one of)")
+    where.add_argument("--master", help="Spark master URL (spark://host:7077, local-cluster[...]): tfos starts the "
+                                        "Spark application")
+    where.add_argument("--remote", metavar="sc://HOST:PORT",
+                       help="a Spark Connect server: tfos holds its executors from a Connect session; the server's "
+                            "own settings apply (no --master, no --conf)")
     reserve.add_argument("--num-executors", type=int, required=True, metavar="N", help="nodes, one per executor")
     reserve.add_argument("--num-ps", type=int, default=0, metavar="P", help="parameter servers among them")
     reserve.add_argument("--eval-node", action="store_true", help="make one node an evaluator")
     reserve.add_argument("--gpus", type=int, default=0, metavar="G", help="GPUs per node (not ps)")
     reserve.add_argument("--tensorboard", action="store_true", help="run TensorBoard on the chief")
-    reserve.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="a Spark setting")
+    reserve.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                         help="a Spark setting (with --master only)")
     reserve.add_argument("--name", default="tfos", help="name of the reservation and its Spark application")
     reserve.add_argument("--handle", default=DEFAULT_HANDLE, metavar="FILE", help=f"default: ./{DEFAULT_HANDLE}")
     reserve.add_argument("--reservation-timeout", type=float, default=120, metavar="SECS",
@@ -91,18 +99,32 @@ def run_command(args: argparse.Namespace) -> int:
 def reserve(args: argparse.Namespace) -> int:
     if args.num_executors < 1:
         raise TFOSConfigError(f"--num-executors must be >= 1; got {args.num_executors}")
-    conf = spark_settings(args)
-    check_master(args.master)
+    if args.remote is not None:
+        check_remote(args)
+    else:
+        if args.master is None:
+            raise TFOSConfigError("say where to reserve: --master URL (tfos starts a Spark application) or "
+                                  "--remote sc://HOST:PORT (a Spark Connect server)")
+        conf = spark_settings(args)
+        check_master(args.master)
     _refuse_live_handle(args.handle)
     if args.detach:
         return _detach(args)
-    from pyspark import SparkConf, SparkContext
-
     from tfos.driver._attach import Handle, write_handle
     from tfos.driver._reservation import Reservation
     from tfos.driver._supervisor import ClusterState
 
-    sc = SparkContext(conf=SparkConf().setAll(list(conf.items())))
+    if args.remote is not None:
+        from pyspark.sql import SparkSession
+
+        sc: Any = SparkSession.builder.remote(args.remote).getOrCreate()
+        app_id = sc.conf.get("spark.app.id", "") or ""
+        where = f"{redact_remote(args.remote)} (Spark Connect)"
+    else:
+        from pyspark import SparkConf, SparkContext
+
+        sc = SparkContext(conf=SparkConf().setAll(list(conf.items())))
+        app_id, where = sc.applicationId, args.master
     reservation = None
     stop = {"signal": None}
 
@@ -124,9 +146,9 @@ def reserve(args: argparse.Namespace) -> int:
                                              tls=reservation.credential.to_json(),
                                              run_key=reservation.signer.private_pem.decode(),
                                              cluster_spec=reservation.cluster_spec,
-                                             master=args.master, app_id=sc.applicationId,
+                                             master=where, app_id=app_id,
                                              host=socket.gethostname(), pid=os.getpid()))
-            print(f"tfos reservation {args.name!r} up: {len(reservation.template)} nodes on {args.master}")
+            print(f"tfos reservation {args.name!r} up: {len(reservation.template)} nodes on {where}")
             print(f"cluster spec: {json.dumps(reservation.cluster_spec)}")
             print(f"handle: {os.path.abspath(args.handle)}   (tfos run {args.handle} SCRIPT.py; "
                   f"tfos release {args.handle})", flush=True)
@@ -142,7 +164,7 @@ def reserve(args: argparse.Namespace) -> int:
             if reservation.failure is not None:
                 print(f"tfos reserve: the reservation failed: {reservation.failure}", file=sys.stderr)
         _remove(args.handle)
-        sc.stop()
+        sc.stop()  # a Connect session only closes its channel: the server and its executors stay
         for s, handler in previous.items():
             signal.signal(s, handler)
         print(f"tfos reservation {args.name!r} released", flush=True)
@@ -185,6 +207,36 @@ def check_master(master: str) -> None:
                               "scripts/start_spark.sh, or check the host and port.")
 
 
+def check_remote(args: argparse.Namespace) -> None:
+    """Refuses what a Spark Connect client cannot set, and a Connect server that does not answer."""
+    if args.master is not None:
+        raise TFOSConfigError(f"--master {args.master} and --remote {redact_remote(args.remote)}: a Spark Connect "
+                              "server runs its own Spark application, so its master is the server's setting. Drop "
+                              "--master (start the server with it: sbin/start-connect-server.sh --master URL), or "
+                              "drop --remote to have tfos start an application on that master")
+    if args.conf:
+        raise TFOSConfigError(f"--conf {args.conf[0]} with --remote: Spark settings belong to the Spark Connect "
+                              "server, not to its clients. Give them to the server (sbin/start-connect-server.sh "
+                              "--conf KEY=VALUE), or reserve with --master instead")
+    url = urlsplit(args.remote.split(";", 1)[0])
+    if url.scheme != "sc" or not url.hostname:
+        raise TFOSConfigError(f"--remote {redact_remote(args.remote)} is not a Spark Connect URL "
+                              "(sc://HOST:PORT, optionally followed by ;use_ssl=true;token=...)")
+    try:
+        port = url.port or 15002
+        with socket.create_connection((url.hostname, port), timeout=5):
+            pass
+    except (OSError, ValueError) as exc:
+        raise TFOSConfigError(f"cannot reach the Spark Connect server {redact_remote(args.remote)}: {exc}. Is it "
+                              "running? Start one with $SPARK_HOME/sbin/start-connect-server.sh, or check the host "
+                              "and port.") from None
+
+
+def redact_remote(url: str) -> str:
+    """A Connect URL fit to print: a ``token=`` parameter is a password."""
+    return re.sub(r"(;\s*token=)[^;]*", r"\1***", url)
+
+
 def _refuse_live_handle(path: str) -> None:
     if not os.path.exists(path):
         return
@@ -217,7 +269,7 @@ def _detach(args: argparse.Namespace) -> int:
         handle = _read_own_handle(args.handle, proc.pid)
         if handle is not None:
             print(f"tfos reservation {args.name!r} up (pid {proc.pid}, log {log_path}): "
-                  f"{len(sum(handle.cluster_spec.values(), []))} nodes on {args.master}")
+                  f"{len(sum(handle.cluster_spec.values(), []))} nodes on {handle.master}")
             print(f"cluster spec: {json.dumps(handle.cluster_spec)}")
             print(f"handle: {os.path.abspath(args.handle)}   (tfos release {args.handle} to give it back)")
             return OK
@@ -229,7 +281,8 @@ def _detach(args: argparse.Namespace) -> int:
 
 
 def _reserve_argv(args: argparse.Namespace) -> list[str]:
-    argv = ["reserve", "--master", args.master, "--num-executors", str(args.num_executors), "--num-ps",
+    where = ["--remote", args.remote] if args.remote is not None else ["--master", args.master]
+    argv = ["reserve", *where, "--num-executors", str(args.num_executors), "--num-ps",
             str(args.num_ps), "--gpus", str(args.gpus), "--name", args.name, "--handle", args.handle,
             "--reservation-timeout", str(args.reservation_timeout)]
     argv += ["--eval-node"] * args.eval_node + ["--tensorboard"] * args.tensorboard

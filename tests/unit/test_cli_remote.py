@@ -1,0 +1,69 @@
+"""``tfos reserve --remote``: what a Spark Connect client cannot set is refused before anything starts."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from tfos.cli import build_parser, main
+from tfos.cli._reserve import _reserve_argv, redact_remote
+
+
+@pytest.fixture
+def listening():
+    """A port that accepts connections, standing in for a Connect server (nothing talks to it)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        yield f"sc://127.0.0.1:{server.getsockname()[1]}"
+
+
+def reserve(capsys, *argv):
+    code = main(["reserve", "--num-executors", "2", *argv])
+    return code, capsys.readouterr().err
+
+
+def test_master_with_remote_is_refused_and_the_message_names_the_fix(capsys, listening, tmp_path):
+    code, err = reserve(capsys, "--remote", listening, "--master", "local-cluster[2,1,1024]",
+                        "--handle", str(tmp_path / "h"))
+    assert code == 2
+    assert "--master local-cluster[2,1,1024] and --remote sc://127.0.0.1:" in err
+    assert "start-connect-server.sh --master URL" in err and "Drop --master" in err
+    assert not (tmp_path / "h").exists()
+
+
+def test_spark_settings_with_remote_are_refused(capsys, listening):
+    code, err = reserve(capsys, "--remote", listening, "--conf", "spark.executor.memory=2g")
+    assert code == 2
+    assert "--conf spark.executor.memory=2g with --remote" in err
+    assert "start-connect-server.sh --conf KEY=VALUE" in err
+
+
+def test_neither_master_nor_remote_is_refused(capsys):
+    code, err = reserve(capsys)
+    assert code == 2 and "--master URL" in err and "--remote sc://HOST:PORT" in err
+
+
+def test_a_bad_or_unreachable_remote_is_refused(capsys):
+    code, err = reserve(capsys, "--remote", "http://127.0.0.1:15002")
+    assert code == 2 and "is not a Spark Connect URL" in err
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    code, err = reserve(capsys, "--remote", f"sc://127.0.0.1:{port}/;token=s3cret")
+    assert code == 2 and f"cannot reach the Spark Connect server sc://127.0.0.1:{port}/;token=***" in err
+    assert "s3cret" not in err and "start-connect-server.sh" in err
+
+
+def test_detach_passes_remote_to_the_background_process():
+    args = build_parser().parse_args(["reserve", "--remote", "sc://h:15002", "--num-executors", "3", "--gpus", "1",
+                                      "--detach"])
+    argv = _reserve_argv(args)
+    assert argv[:3] == ["reserve", "--remote", "sc://h:15002"] and "--master" not in argv
+    assert argv[argv.index("--gpus") + 1] == "1"
+
+
+def test_a_token_is_not_printed():
+    assert redact_remote("sc://h:443/;use_ssl=true;token=abc;user_id=u") == "sc://h:443/;use_ssl=true;token=***;user_id=u"
