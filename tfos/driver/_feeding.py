@@ -13,10 +13,12 @@ so a query restarted from it never feeds a micro-batch twice.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from tfos import _constants as C
@@ -139,6 +141,9 @@ class Feeding:
         """Feeds each micro-batch of a streaming DataFrame once; see the module docstring."""
         import tempfile
 
+        if self.spark.remote:
+            self._train_remote_stream(df, feed_timeout, qname, checkpoint)
+            return
         sup = self.supervisor
         checkpoint = checkpoint or tempfile.mkdtemp(prefix="tfos-stream-")
         marker = f"{checkpoint.rstrip('/')}/tfos-fed-{qname}"
@@ -188,6 +193,36 @@ class Feeding:
             sup.mark_failure_raised()
             raise sup.failure
         _spark.raise_stream_error(query)
+        sup.server.post({"type": Event.FEED_END, "qname": qname, "epoch": epoch}, self.consumer_ids())
+
+    def _train_remote_stream(self, df: Any, feed_timeout: float, qname: str, checkpoint: str | None) -> None:
+        """Spark Connect runs ``foreachBatch`` functions in a Python process beside its server, not here:
+        that process feeds each micro-batch (:class:`_RemoteBatches`) and this one watches the query."""
+        sup = self.supervisor
+        marker = None if checkpoint is None else f"{checkpoint.rstrip('/')}/tfos-fed-{qname}"
+        last_fed = int((self.spark.read_text(marker) if marker else None) or -1)
+        epoch = self._epochs.get(qname, 0)
+        self._epochs[qname] = epoch + 1
+        sup.server.set_plan(qname, epoch, StickyRoutes(self.consumer_ids()))
+        errors_before = len(sup.server.feed_errors())
+        # The nodes learn the columns from the first rows they get: no driver-side peek at a stream.
+        query = _spark.start_stream(df, _RemoteBatches(self._feeder(qname, epoch, feed_timeout), marker, last_fed),
+                                    checkpoint, f"tfos feed {qname!r}")
+        self._queries.append(query)
+        try:
+            while query.isActive and not sup.server.terminated(qname) and sup.failure is None \
+                    and sup.state is ClusterState.RUNNING:
+                query.awaitTermination(0.5)
+        finally:
+            query.stop()
+        if sup.failure is not None:
+            sup.mark_failure_raised()
+            raise sup.failure
+        reports = [r for r in sup.server.feed_errors()[errors_before:] if r["kind"] not in NODE_GONE]
+        if reports and not sup.server.terminated(qname):
+            raise _feed_error(reports[0])
+        if not sup.server.terminated(qname):
+            _spark.raise_stream_error(query)
         sup.server.post({"type": Event.FEED_END, "qname": qname, "epoch": epoch}, self.consumer_ids())
 
     def stop_streams(self) -> None:
@@ -305,6 +340,25 @@ class Feeding:
                 return None
             raise failure
         return outcome.get("result")
+
+
+@dataclass(frozen=True)
+class _RemoteBatches:
+    """A ``foreachBatch`` function for Spark Connect, run by the Python process beside the Connect server:
+    feeds each micro-batch newer than ``last_fed`` with one feeding job, then records it in ``marker``
+    (beside the query's checkpoint) so a query restarted from the checkpoint feeds no batch twice."""
+
+    feeder: Feeder
+    marker: str | None
+    last_fed: int
+
+    def __call__(self, batch: Any, batch_id: int) -> None:
+        if batch_id <= self.last_fed:
+            return
+        spark = _spark.backend(batch.sparkSession)
+        spark.feed_job(spark.check_data(batch), dataclasses.replace(self.feeder, batch=batch_id))
+        if self.marker is not None:
+            spark.write_text(self.marker, str(batch_id))
 
 
 def _check_acked(qname: str, epoch: int, plan: EpochPlan, acked: list[Any]) -> None:

@@ -26,7 +26,6 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from tfos import _constants as C
 from tfos.errors import TFOSConfigError
@@ -516,10 +515,11 @@ def is_streaming(data: Any) -> bool:
     return isinstance(data, DataFrame) and data.isStreaming
 
 
-def start_stream(df: Any, on_batch: Callable[[Any, int], None], checkpoint: str, name: str) -> Any:
-    """Starts a streaming query that calls ``on_batch(batch_df, batch_id)`` for each micro-batch."""
-    return df.writeStream.foreachBatch(on_batch).option("checkpointLocation", checkpoint).queryName(
-        re.sub(r"\W+", "_", name)).start()
+def start_stream(df: Any, on_batch: Callable[[Any, int], None], checkpoint: str | None, name: str) -> Any:
+    """Starts a streaming query that calls ``on_batch(batch_df, batch_id)`` for each micro-batch (on Spark
+    Connect, in a Python process beside the server); without ``checkpoint`` Spark picks a temporary one."""
+    writer = df.writeStream.foreachBatch(on_batch).queryName(re.sub(r"\W+", "_", name))
+    return (writer if checkpoint is None else writer.option("checkpointLocation", checkpoint)).start()
 
 
 def raise_stream_error(query: Any) -> None:

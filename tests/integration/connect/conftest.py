@@ -48,7 +48,8 @@ def connect_server(tmp_path_factory):
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"the Spark Connect server did not listen: {log_path.read_text()[-3000:]}")
+                    raise RuntimeError(f"the Spark Connect server did not listen: {log_path.read_text()[-3000:]}") \
+                        from None
                 time.sleep(0.5)
         yield f"sc://127.0.0.1:{port}", log_path
     finally:

@@ -43,12 +43,13 @@ def test_nodes_start_and_read_their_own_data(spark, tmp_path, no_leftovers):
 
 def drain_then_score(args, ctx):
     """Reads args['rows'] rows of queue 'input', recording ids; then answers queue 'score' with 2 * id."""
-    feed = ctx.get_data_feed(input_mapping={"id": "id", "x": "x"})
+    feed = ctx.get_data_feed(qname_in="rows", input_mapping={"id": "id", "x": "x", "b": "b"})
     seen = []
     while len(seen) < args["rows"]:
         batch = feed.next_batch(50)  # divides each node's rows: a fuller batch would wait for rows that never come
         if batch:
             assert (batch["x"][:, 0] == batch["id"]).all()
+            assert [int(b) for b in batch["b"]] == list(batch["id"])  # a binary column, bytes as they were
             seen.extend(int(i) for i in batch["id"])
     with open(os.path.join(args["out"], f"{ctx.job_name}.json"), "w") as f:
         json.dump(seen, f)
@@ -61,16 +62,18 @@ def drain_then_score(args, ctx):
 
 def test_dataframes_train_balanced_epochs_and_infer_to_a_dataframe(spark, tmp_path, no_leftovers):
     n = 3000
-    df = spark.range(0, n, 1, 3).selectExpr("id", "array(cast(id as float), 1.0f) AS x")
-    with tfos.run(spark, drain_then_score, {"out": str(tmp_path), "rows": 2 * n // 2}, 2, input_mode=tfos.InputMode.SPARK) as cluster:
-        cluster.train(df, num_epochs=2)
-        assert cluster.consumed_rows() == {"chief:0": n, "worker:0": n}
+    df = spark.range(0, n, 1, 3).selectExpr("id", "array(cast(id as float), 1.0f) AS x",
+                                            "cast(cast(id as string) as binary) AS b")
+    args = {"out": str(tmp_path), "rows": n}  # each node's share of two epochs
+    with tfos.run(spark, drain_then_score, args, 2, input_mode=tfos.InputMode.SPARK) as cluster:
+        cluster.train(df, num_epochs=2, qname="rows", shuffle=True, seed=3)
+        assert cluster.consumed_rows("rows") == {"chief:0": n, "worker:0": n}
         results = cluster.inference(spark.range(0, 500, 1, 4).selectExpr("id", "0 AS pad"), qname="score",
                                     schema="id long, score double")
         assert type(results).__module__.startswith("pyspark.sql.connect")
         rows = results.collect()
-    seen = sorted(json.loads((tmp_path / "chief.json").read_text()) + json.loads((tmp_path / "worker.json").read_text()))
-    assert seen == sorted(list(range(n)) * 2)
+    seen = [i for job in ("chief", "worker") for i in json.loads((tmp_path / f"{job}.json").read_text())]
+    assert sorted(seen) == sorted(list(range(n)) * 2)
     assert [(r.id, r.score) for r in rows] == [(i, 2.0 * i) for i in range(500)]
 
 
@@ -97,3 +100,40 @@ def test_a_killed_node_fails_training_within_seconds(spark, no_leftovers):
     assert "worker:0" in str(error) and "host" in str(error)
     assert cluster.state == tfos.ClusterState.FAILED
     cluster.shutdown()
+
+
+ROWS_PER_FILE = 50
+
+
+def read_until(args, ctx):
+    """Reads rows until it has ``args["want"]`` of them, records their ids, then ends the feed."""
+    feed = ctx.get_data_feed()
+    ids: list[int] = []
+    while len(ids) < args["want"] and not feed.should_stop():
+        ids += [int(row[0]) for row in feed.next_batch(10)]  # next_batch waits for 10 rows: files hold 50
+    with open(os.path.join(args["out"], f"{args['tag']}-{ctx.job_name}.json"), "w") as f:
+        json.dump(ids, f)
+    feed.terminate()
+
+
+def test_a_stream_is_fed_by_the_connect_server_and_a_restart_feeds_no_batch_twice(spark, tmp_path, no_leftovers):
+    from tests.integration.test_feed_stream import seen, write_file
+
+    incoming, out, checkpoint = tmp_path / "in", tmp_path / "out", str(tmp_path / "checkpoint")
+    incoming.mkdir()
+    out.mkdir()
+    write_file(incoming, 0)
+    write_file(incoming, 1)
+    stream = (spark.readStream.schema("id long, x double").option("maxFilesPerTrigger", 1).json(str(incoming))
+              .select("id", "x"))
+    with tfos.run(spark, read_until, {"want": 2 * ROWS_PER_FILE, "out": str(out), "tag": "a"}, 1,
+                  input_mode=tfos.InputMode.SPARK, master_node=None, progress=False) as cluster:
+        cluster.train(stream, checkpoint_location=checkpoint)
+    assert sorted(seen(out, "a")) == list(range(2 * ROWS_PER_FILE))
+
+    write_file(incoming, 2)  # the query restarts from its checkpoint: only the new file's rows come
+    with tfos.run(spark, read_until, {"want": ROWS_PER_FILE, "out": str(out), "tag": "b"}, 1,
+                  input_mode=tfos.InputMode.SPARK, master_node=None, progress=False) as cluster:
+        cluster.train(stream, checkpoint_location=checkpoint)
+    assert sorted(seen(out, "b")) == list(range(2 * ROWS_PER_FILE, 3 * ROWS_PER_FILE))
+    assert not spark.streams.active
