@@ -17,12 +17,15 @@ its own. Every server serves only the methods it is given.
 buffers, on a node's Unix socket (local, mode 0600) or TCP port (TLS). The handshake::
 
     feeder -> node   {"op": "hello", "nonce": Nf, "qname", "epoch", "inference", "partition",
-                      "epoch_rows", "cache"}
-    node -> feeder   {"op": "challenge", "nonce": Nn, "proof": prove(token, Nf, "node")}
+                      "epoch_rows", "cache", "key": Kf}
+    node -> feeder   {"op": "challenge", "nonce": Nn, "proof": prove(token, Nf, "node"), "key": Kn}
     feeder -> node   {"op": "auth", "proof": prove(token, Nn, "feeder")}
     node -> feeder   {"op": "ready", "node": "worker:0"}         or {"op": "error", ...}
 
-after which the feeder sends ``data`` frames and ``end``; the node answers ``ack``
+On TCP with TLS, ``key`` is each end's fresh random share; after ``ready`` both ends leave
+TLS (close_notify) and every further frame travels in AES-256-GCM records keyed from both
+shares (:class:`tfos.feed._protocol.SealedStream`, whose docstring says why). After the
+handshake the feeder sends ``data`` frames and ``end``; the node answers ``ack``
 (rows taken) in training, or ``results`` frames and ``done`` in inference, and may send
 ``terminated`` at any time (its ``main_fun`` stopped reading). Both sides prove they
 hold the generation's key against the other's fresh nonce, so a recorded session
@@ -157,6 +160,7 @@ class FeedHello(TypedDict, total=False):
     partition: int
     epoch_rows: int | None
     cache: dict[str, Any] | None
+    key: str  # TCP with TLS: the feeder's share of the record keys
 
 
 class FeedErrorReport(TypedDict):

@@ -34,7 +34,17 @@ import numpy as np
 from tfos import _constants as C
 from tfos._paths import local_marker_path, unix_socket_path
 from tfos._protocol import FeedErrorKind, FeedOp
-from tfos._security import TLS_NAME, Credential, check_proof, feed_token, new_nonce, prove
+from tfos._security import (
+    TLS_NAME,
+    Credential,
+    check_proof,
+    feed_keys,
+    feed_token,
+    is_key_share,
+    new_key_share,
+    new_nonce,
+    prove,
+)
 from tfos.errors import AuthError, FeedDataError, FeedTimeoutError, ProtocolError, TFOSError
 from tfos.feed._columns import (
     BINARY,
@@ -49,7 +59,7 @@ from tfos.feed._columns import (
     value_bytes,
     var_kind,
 )
-from tfos.feed._protocol import column_spec, recv_frame, send_frame, widen_buffers
+from tfos.feed._protocol import SealedStream, column_spec, recv_frame, send_frame, widen_buffers
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +159,7 @@ class Feeder:
             sock.connect(address)
             if sock.family != socket.AF_UNIX and self.tls:
                 sock = _tls_context(self.credential).wrap_socket(sock, server_hostname=TLS_NAME)
-            ready = self._handshake(sock, consumer, partition)
+            sock, ready = self._handshake(sock, consumer, partition)
         except OSError as exc:
             sock.close()
             raise NodeGone(f"cannot reach the feed of node {consumer.role} at {address}: {exc}. The node has "
@@ -160,14 +170,18 @@ class Feeder:
             raise
         return consumer, sock, _Resume(ready, partition, self.qname, consumer)
 
-    def _handshake(self, sock: socket.socket, consumer: Consumer, partition: int) -> dict[str, Any]:
-        """The hello, the node's proof against our nonce, ours against its nonce, then ``ready``."""
+    def _handshake(self, sock: socket.socket, consumer: Consumer,
+                   partition: int) -> tuple[socket.socket | SealedStream, dict[str, Any]]:
+        """The hello, the node's proof against our nonce, ours against its nonce, then ``ready``; over TLS,
+        the connection then leaves TLS for sealed records keyed by both ends' key shares."""
         token = feed_token(self.credential)
         nonce = new_nonce()
+        share = new_key_share() if isinstance(sock, ssl.SSLSocket) else None
         send_frame(sock, {"op": FeedOp.HELLO, "nonce": nonce, "qname": self.qname, "epoch": self.epoch,
                           "inference": self.inference, "partition": partition, "attempt": _attempt(),
                           "batch": self.batch,
-                          "epoch_rows": self.epoch_rows, "cache": self.cache_plan})
+                          "epoch_rows": self.epoch_rows, "cache": self.cache_plan,
+                          **({"key": share} if share else {})})
         challenge = _expect(recv_frame(sock), consumer)
         if challenge.get("op") != FeedOp.CHALLENGE or not check_proof(token, nonce, "node", challenge.get("proof")):
             raise AuthError(f"the feed of node {consumer.role} did not prove it holds this cluster's key: refusing "
@@ -176,7 +190,12 @@ class Feeder:
         reply = _expect(recv_frame(sock), consumer)
         if reply.get("op") != FeedOp.READY:
             raise AuthError(f"node {consumer.role} refused the feed: {reply}")
-        return reply
+        if share is None:
+            return sock, reply
+        if not is_key_share(challenge.get("key")):
+            raise ProtocolError(f"the feed of node {consumer.role} sent no record key share")
+        to_node, to_feeder = feed_keys(share, challenge["key"])
+        return SealedStream.after_tls(sock, to_node, to_feeder), reply
 
     # ---- training ---------------------------------------------------------------------------
     def _train(self, sock: socket.socket, consumer: Consumer, partition: int, rows: Iterator[Any],

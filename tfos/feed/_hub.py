@@ -32,11 +32,11 @@ from typing import Any
 from tfos import _constants as C
 from tfos._paths import cache_dir
 from tfos._protocol import Event, FeedOp
-from tfos._security import check_proof, feed_token, new_nonce, prove
+from tfos._security import check_proof, feed_keys, feed_token, is_key_share, new_key_share, new_nonce, prove
 from tfos.errors import AuthError, ProtocolError, TFOSError
 from tfos.feed._cache import CacheError, EpochCache
 from tfos.feed._columns import Column, add_fingerprints, fingerprint
-from tfos.feed._protocol import recv_frame, recv_hello, send_frame, widen_buffers
+from tfos.feed._protocol import SealedStream, recv_frame, recv_hello, send_frame, widen_buffers
 
 log = logging.getLogger(__name__)
 
@@ -484,14 +484,14 @@ class FeedHub:
         deadline = time.monotonic() + C.get_float(C.FEED_HELLO_TIMEOUT_SECS)
         try:
             try:
-                sock, hello = self._handshake(sock, tls, deadline)
+                sock, hello, keys = self._handshake(sock, tls, deadline)
             except Exception as exc:  # noqa: BLE001 - whatever an unproven peer sends ends here, in one line
                 self._refuse(peer, f"{type(exc).__name__}: {exc}")
                 return
             finally:
                 self._admitted()
             if hello is not None:
-                self._serve_feeder(sock, hello)
+                self._serve_feeder(sock, hello, keys)
         except (ConnectionError, ProtocolError, OSError) as exc:
             log.warning("feed connection from %s dropped: %s", _peer_name(peer), exc)
         except Exception:  # noqa: BLE001 - a bug must not end the node; the driver sees the feeder fail
@@ -499,33 +499,37 @@ class FeedHub:
         finally:
             sock.close()
 
-    def _handshake(self, sock: socket.socket, tls: ssl.SSLContext | None,
-                   deadline: float) -> tuple[socket.socket, dict[str, Any] | None]:
-        """TLS (on TCP), then the hello and both proofs, all by ``deadline``; returns the checked hello."""
+    def _handshake(self, sock: socket.socket, tls: ssl.SSLContext | None, deadline: float
+                   ) -> tuple[socket.socket, dict[str, Any] | None, tuple[bytes, bytes] | None]:
+        """TLS (on TCP), then the hello and both proofs, all by ``deadline``; returns the checked hello and,
+        over TLS, the keys of the sealed records that follow ``ready`` (feeder to node, node to feeder)."""
         if tls is not None:
             sock = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
             sock.settimeout(max(0.001, deadline - time.monotonic()))
             sock.do_handshake()
         hello = recv_hello(sock, deadline)
         if hello is None:
-            return sock, None
+            return sock, None, None
         their_nonce = hello.get("nonce")
-        if hello.get("op") != FeedOp.HELLO or not _is_nonce(their_nonce):
+        if hello.get("op") != FeedOp.HELLO or not _is_nonce(their_nonce) or (
+                tls is not None and not is_key_share(hello.get("key"))):
             raise ProtocolError("the first frame is not a feed hello")
         nonce = new_nonce()
-        send_frame(sock, {"op": FeedOp.CHALLENGE, "nonce": nonce, "proof": prove(self.token, their_nonce, "node")})
+        share = new_key_share() if tls is not None else None
+        send_frame(sock, {"op": FeedOp.CHALLENGE, "nonce": nonce, "proof": prove(self.token, their_nonce, "node"),
+                          **({"key": share} if share else {})})
         reply = recv_hello(sock, deadline)
         if reply is None or reply.get("op") != FeedOp.AUTH or not check_proof(self.token, nonce, "feeder",
                                                                              reply.get("proof")):
             send_frame(sock, {"op": FeedOp.ERROR, "message": "the feeder did not prove it holds this cluster's key"})
             raise AuthError("no proof of the cluster's key")
         try:
-            return sock, _checked_hello(hello)
+            return sock, _checked_hello(hello), feed_keys(hello["key"], share) if share else None
         except ProtocolError as exc:  # a peer with the key: tell it what is wrong
             send_frame(sock, {"op": FeedOp.ERROR, "message": str(exc)})
             raise
 
-    def _serve_feeder(self, sock: socket.socket, hello: dict[str, Any]) -> None:
+    def _serve_feeder(self, sock: socket.socket, hello: dict[str, Any], keys: tuple[bytes, bytes] | None) -> None:
         sock.settimeout(None)  # a feeding task may wait on back-pressure for as long as the node reads
         queue = self.queue(hello["qname"])
         if not hello["inference"]:
@@ -543,6 +547,10 @@ class FeedHub:
                 delivery.attempt = attempt  # an older attempt still sending is superseded: its rows are dropped
                 ready.update(skip=delivery.rows, fingerprint=delivery.fingerprint)
         send_frame(sock, ready)
+        if keys is not None:  # the feeder leaves TLS after ``ready`` too: the rows come in sealed records
+            sock.settimeout(C.get_float(C.FEED_HELLO_TIMEOUT_SECS))
+            sock = conn.sock = SealedStream.after_tls(sock, keys[1], keys[0])
+            sock.settimeout(None)
         dropping = False  # after terminate(): read and drop the rest of the partition
         while True:
             frame = recv_frame(sock)
