@@ -67,3 +67,28 @@ def test_detach_passes_remote_to_the_background_process():
 
 def test_a_token_is_not_printed():
     assert redact_remote("sc://h:443/;use_ssl=true;token=abc;user_id=u") == "sc://h:443/;use_ssl=true;token=***;user_id=u"
+
+
+def test_submit_remote_adds_only_the_scripts_python_and_warns_about_executor_settings(capsys):
+    import sys
+
+    from tfos.cli._submit import submit_command
+
+    cmd = submit_command(["--remote", "sc://h:15002", "--conf", "spark.sql.shuffle.partitions=4", "--conf",
+                          "spark.executor.memory=2g", "--executor-cores", "2", "job.py", "--epochs", "3"])
+    assert cmd[-3:] == ["job.py", "--epochs", "3"]
+    joined = " ".join(cmd)
+    assert f"spark.pyspark.driver.python={sys.executable}" in joined
+    assert "dynamicAllocation" not in joined and "spark.task.cpus" not in joined and "locality" not in joined
+    err = capsys.readouterr().err
+    assert "--executor-cores, spark.executor.memory reach no executor with --remote" in err
+    assert "shuffle" not in err
+
+
+@pytest.mark.parametrize("option", [["--master", "local[2]"], ["--deploy-mode=cluster"]])
+def test_submit_remote_refuses_the_servers_options(option):
+    from tfos.cli._submit import submit_command
+
+    name = option[0].split("=")[0]
+    with pytest.raises(SystemExit, match=f"{name} with --remote: .* Drop {name}"):
+        submit_command(["--remote=sc://h:15002", *option, "job.py"])

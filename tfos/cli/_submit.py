@@ -1,4 +1,11 @@
-"""``tfos submit`` (driver machine): spark-submit with the settings tfos needs."""
+"""``tfos submit`` (driver machine): spark-submit with the settings tfos needs.
+
+With ``--remote sc://HOST:PORT`` (spark-submit's own Spark Connect option) the script runs
+on this machine as a Spark Connect client: ``SparkSession.builder.getOrCreate()`` in it
+returns a Connect session, and the executors belong to the Connect server's application.
+Their settings are the server's, so tfos adds none of them then, only the Python that runs
+the script, and refuses ``--master`` / ``--deploy-mode``.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +30,24 @@ def split_submit_args(args: list[str]) -> tuple[list[str], list[str]]:
     return args, []
 
 
+#: spark-submit options that shape the application's driver and executors: a Connect server's own.
+_SERVER_OPTIONS = ("--master", "--deploy-mode")
+_EXECUTOR_OPTIONS = ("--num-executors", "--executor-cores", "--executor-memory", "--total-executor-cores")
+#: Settings a Spark Connect client applies itself: SQL settings go to its session, spark.pyspark.* choose the
+#: script's Python.
+_CLIENT_SETTINGS = ("spark.sql.", "spark.pyspark.", "spark.connect.")
+
+
+def _option(options: list[str], name: str) -> str | None:
+    """The value of ``name`` (``--name VALUE`` or ``--name=VALUE``) among spark-submit options, else None."""
+    for i, opt in enumerate(options):
+        if opt == name and i + 1 < len(options):
+            return options[i + 1]
+        if opt.startswith(f"{name}="):
+            return opt.split("=", 1)[1]
+    return None
+
+
 def submit_command(args: list[str]) -> list[str]:
     """The spark-submit command line for ``args``, with tfos's settings added unless given."""
     options, script = split_submit_args(args)
@@ -30,6 +55,8 @@ def submit_command(args: list[str]) -> list[str]:
         raise SystemExit("tfos submit: no script given; usage: tfos submit [SPARK-SUBMIT OPTIONS] SCRIPT [ARGS]")
     given = {options[i + 1].split("=", 1)[0] for i, opt in enumerate(options[:-1]) if opt == "--conf"}
     given |= {opt.split("=", 1)[1].split("=", 1)[0] for opt in options if opt.startswith("--conf=")}
+    if _option(options, "--remote") is not None:
+        return _remote_command(options, script, given)
     added: list[str] = []
     defaults = {"spark.dynamicAllocation.enabled": "false", "spark.pyspark.python": sys.executable,
                 "spark.pyspark.driver.python": sys.executable, "spark.ui.showConsoleProgress": "false",
@@ -41,6 +68,24 @@ def submit_command(args: list[str]) -> list[str]:
     for key, value in defaults.items():
         if key not in given:
             added += ["--conf", f"{key}={value}"]
+    return [os.path.join(spark_home(), "bin", "spark-submit"), *options, *added, *script]
+
+
+def _remote_command(options: list[str], script: list[str], given: set[str]) -> list[str]:
+    """spark-submit --remote: the script is a Spark Connect client; only its own Python is tfos's to choose."""
+    for name in _SERVER_OPTIONS:
+        if _option(options, name) is not None:
+            raise SystemExit(f"tfos submit: {name} with --remote: a Spark Connect server runs its own Spark "
+                             f"application, so {name} is the server's setting. Drop {name} (start the server with "
+                             f"it: sbin/start-connect-server.sh {name} ...), or drop --remote")
+    ignored = [name for name in _EXECUTOR_OPTIONS if _option(options, name) is not None]
+    ignored += sorted(key for key in given if not key.startswith(_CLIENT_SETTINGS))
+    if ignored:
+        print(f"tfos submit: warning: {', '.join(ignored)} reach no executor with --remote: the executors belong "
+              "to the Spark Connect server, so give these to it (sbin/start-connect-server.sh --conf KEY=VALUE)",
+              file=sys.stderr)
+    added = [] if "spark.pyspark.driver.python" in given else ["--conf",
+                                                                f"spark.pyspark.driver.python={sys.executable}"]
     return [os.path.join(spark_home(), "bin", "spark-submit"), *options, *added, *script]
 
 
