@@ -137,3 +137,45 @@ def test_a_stream_is_fed_by_the_connect_server_and_a_restart_feeds_no_batch_twic
         cluster.train(stream, checkpoint_location=checkpoint)
     assert sorted(seen(out, "b")) == list(range(2 * ROWS_PER_FILE, 3 * ROWS_PER_FILE))
     assert not spark.streams.active
+
+
+CLIENT = """
+import json, os, sys
+from pyspark.sql import SparkSession
+import tfos
+
+def drain(args, ctx):
+    feed = ctx.get_data_feed()
+    rows = 0
+    while not feed.should_stop():
+        rows += len(feed.next_batch(100))
+    with open(os.path.join(args, ctx.job_name), "w") as f:
+        f.write(str(rows))
+
+spark = SparkSession.builder.remote(sys.argv[1]).getOrCreate()
+with tfos.run(spark, drain, sys.argv[2], 2, input_mode=tfos.InputMode.SPARK, progress=False) as cluster:
+    cluster.train(spark.range(0, 1000, 1, 4).selectExpr("id", "id * 2 AS y"))
+print(json.dumps(cluster.consumed_rows()))
+"""
+
+
+def test_a_client_with_no_java_runs_a_cluster(connect_server, tmp_path, no_leftovers):
+    """As a notebook on shared compute: the client starts no JVM (any `java` it ran would leave a mark)."""
+    import stat
+    import subprocess
+    import sys
+
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "java").write_text(f"#!/bin/sh\ntouch {tmp_path}/java-was-run\nexit 1\n")
+    (shim / "java").chmod(stat.S_IRWXU)
+    (tmp_path / "client.py").write_text(CLIENT)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("SPARK_HOME", "SPARK_CONNECT_MODE_ENABLED")}
+    env.update(PATH=f"{shim}:{os.environ['PATH']}", JAVA_HOME=str(tmp_path / "no-java"))
+    done = subprocess.run([sys.executable, str(tmp_path / "client.py"), connect_server[0], str(out)], env=env,
+                          capture_output=True, text=True, timeout=240, cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"chief:0": 500, "worker:0": 500}
+    assert not (tmp_path / "java-was-run").exists()
