@@ -16,8 +16,8 @@ its own. Every server serves only the methods it is given.
 **Feed** (:mod:`tfos.feed._protocol`): frames of a JSON header plus raw column
 buffers, on a node's Unix socket (local, mode 0600) or TCP port (TLS). The handshake::
 
-    feeder -> node   {"op": "hello", "nonce": Nf, "qname", "epoch", "inference", "partition",
-                      "epoch_rows", "cache", "key": Kf}
+    feeder -> node   {"op": "hello", "nonce": Nf, "to": executor_id, "qname", "epoch", "inference",
+                      "partition", "epoch_rows", "cache", "key": Kf}
     node -> feeder   {"op": "challenge", "nonce": Nn, "proof": prove(token, Nf, "node"), "key": Kn}
     feeder -> node   {"op": "auth", "proof": prove(token, Nn, "feeder")}
     node -> feeder   {"op": "ready", "node": "worker:0"}         or {"op": "error", ...}
@@ -29,7 +29,10 @@ handshake the feeder sends ``data`` frames and ``end``; the node answers ``ack``
 (rows taken) in training, or ``results`` frames and ``done`` in inference, and may send
 ``terminated`` at any time (its ``main_fun`` stopped reading). Both sides prove they
 hold the generation's key against the other's fresh nonce, so a recorded session
-cannot be replayed and neither a fake node nor a fake feeder learns anything.
+cannot be replayed and neither a fake node nor a fake feeder learns anything. Every node
+holds the same key, so the hello names the node it is meant for (``to``) and ``ready``
+names the node that answered: a connection redirected to another node of the cluster is
+refused by both ends.
 
 Exactly once: in training, ``ready`` also carries ``skip`` and ``fingerprint``, the rows
 of this epoch's partition (a stream's micro-``batch``) the node already holds from an
@@ -154,6 +157,7 @@ class FeedHello(TypedDict, total=False):
 
     op: str
     nonce: str
+    to: int  # the executor_id of the node this feeder means to feed
     qname: str
     epoch: int | None
     inference: bool

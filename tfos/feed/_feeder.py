@@ -177,7 +177,8 @@ class Feeder:
         token = feed_token(self.credential)
         nonce = new_nonce()
         share = new_key_share() if isinstance(sock, ssl.SSLSocket) else None
-        send_frame(sock, {"op": FeedOp.HELLO, "nonce": nonce, "qname": self.qname, "epoch": self.epoch,
+        send_frame(sock, {"op": FeedOp.HELLO, "nonce": nonce, "to": consumer.executor_id, "qname": self.qname,
+                          "epoch": self.epoch,
                           "inference": self.inference, "partition": partition, "attempt": _attempt(),
                           "batch": self.batch,
                           "epoch_rows": self.epoch_rows, "cache": self.cache_plan,
@@ -190,6 +191,10 @@ class Feeder:
         reply = _expect(recv_frame(sock), consumer)
         if reply.get("op") != FeedOp.READY:
             raise AuthError(f"node {consumer.role} refused the feed: {reply}")
+        if reply.get("node") != consumer.role:
+            answered = str(reply.get("node"))[:40]
+            raise AuthError(f"the feed at {consumer.host}:{consumer.feed_port} is node {answered!r}, not "
+                            f"{consumer.role}: refusing to send it data (a stale address, or a redirected connection)")
         if share is None:
             return sock, reply
         if not is_key_share(challenge.get("key")):

@@ -524,6 +524,9 @@ class FeedHub:
             send_frame(sock, {"op": FeedOp.ERROR, "message": "the feeder did not prove it holds this cluster's key"})
             raise AuthError("no proof of the cluster's key")
         try:
+            if hello.get("to") != self.node.p.executor_id:  # only a proven feeder learns which node this is
+                raise ProtocolError(f"this feed is node {self.node.name} (executor {self.node.p.executor_id}), not "
+                                    f"executor {str(hello.get('to'))[:20]}: a stale address or a redirected connection")
             return sock, _checked_hello(hello), feed_keys(hello["key"], share) if share else None
         except ProtocolError as exc:  # a peer with the key: tell it what is wrong
             send_frame(sock, {"op": FeedOp.ERROR, "message": str(exc)})
