@@ -92,3 +92,9 @@ def test_submit_remote_refuses_the_servers_options(option):
     name = option[0].split("=")[0]
     with pytest.raises(SystemExit, match=f"{name} with --remote: .* Drop {name}"):
         submit_command(["--remote=sc://h:15002", *option, "job.py"])
+
+
+def test_submit_remote_sets_spark_remote_for_the_script(capsys):
+    # spark-submit --remote alone leaves SparkSession.builder.getOrCreate() classic (MASTER_URL_NOT_SET).
+    assert main(["submit", "--dry-run", "--remote", "sc://h:15002", "job.py"]) == 0
+    assert capsys.readouterr().out.startswith("SPARK_REMOTE=sc://h:15002 ")

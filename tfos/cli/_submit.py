@@ -1,10 +1,11 @@
 """``tfos submit`` (driver machine): spark-submit with the settings tfos needs.
 
 With ``--remote sc://HOST:PORT`` (spark-submit's own Spark Connect option) the script runs
-on this machine as a Spark Connect client: ``SparkSession.builder.getOrCreate()`` in it
-returns a Connect session, and the executors belong to the Connect server's application.
-Their settings are the server's, so tfos adds none of them then, only the Python that runs
-the script, and refuses ``--master`` / ``--deploy-mode``.
+on this machine as a Spark Connect client, with ``SPARK_REMOTE`` set so that
+``SparkSession.builder.getOrCreate()`` in it returns a Connect session, and the executors
+belong to the Connect server's application. Their settings are the server's, so tfos adds
+none of them then, only the Python that runs the script, and refuses ``--master`` /
+``--deploy-mode``.
 """
 
 from __future__ import annotations
@@ -91,7 +92,11 @@ def _remote_command(options: list[str], script: list[str], given: set[str]) -> l
 
 def submit(args: list[str], dry_run: bool = False) -> int:
     command = submit_command(args)
+    # spark-submit --remote hands the URL to a Python app only as PYSPARK_REMOTE_INIT_CONF, which a plain
+    # SparkSession.builder.getOrCreate() ignores (measured, pyspark 4.3): SPARK_REMOTE is what it reads.
+    remote = _option(split_submit_args(args)[0], "--remote")
+    env = None if remote is None else dict(os.environ, SPARK_REMOTE=remote)
     if dry_run:
-        print(shlex.join(command))
+        print(("" if remote is None else f"SPARK_REMOTE={shlex.quote(remote)} ") + shlex.join(command))
         return 0
-    return subprocess.call(command)
+    return subprocess.call(command, env=env)
