@@ -108,11 +108,11 @@ class Cluster:
     def __init__(self, sc: Any, config: ClusterConfig, tf_args: Any) -> None:
         #: What the user passed: a SparkSession or a SparkContext.
         self.sc = sc
-        self.spark = spark = _spark.backend(sc)
         self.config = config
-        export_uri = None if config.export_dir is None else absolute_path(config.export_dir, spark.default_fs(),
-                                                                          os.getcwd())
-        self._tracker = _mlflow.tracker_for(config, tf_args, export_uri)  # fails early without mlflow
+        export_uri = None if config.export_dir is None else absolute_path(
+            config.export_dir, _spark.backend(sc).default_fs(), os.getcwd())
+        self._tracker = _mlflow.tracker_for(config, tf_args, export_uri)  # fails early without mlflow, before Spark
+        self.spark = spark = _spark.backend(sc)
         self.template = cluster_template(config.num_executors, config.num_ps, config.master_node, config.eval_node)
         local_mode = spark.preflight(config.num_executors)
         main_fun = config.main_fun if export_uri is None else _mlflow.with_export_dir(config.main_fun,
