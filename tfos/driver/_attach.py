@@ -66,7 +66,8 @@ def read_handle(path: str) -> Handle:
         return Handle(**data, path=os.path.abspath(path))
     except FileNotFoundError:
         raise TFOSConfigError(f"no reservation handle at {path}: reserve a cluster first with "
-                              f"`tfos reserve --master URL --num-executors N --handle {path}`") from None
+                              f"`tfos reserve --master URL --num-executors N --handle {path}` (or --remote "
+                              "sc://HOST:PORT for a Spark Connect server)") from None
     except TFOSConfigError:
         raise
     except PermissionError:
