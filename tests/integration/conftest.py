@@ -21,13 +21,18 @@ CACHE_DIR = os.path.join(os.environ.get("TMPDIR") or "/tmp", f"tfos-test-cache-{
 def pytest_collection_modifyitems(items):
     from pyspark import cloudpickle
 
+    modules = set()
     for item in items:
         if item.module is not None and "integration" in item.nodeid:
             item.add_marker(pytest.mark.spark)
-            try:
-                cloudpickle.register_pickle_by_value(item.module)
-            except ValueError:
-                pass
+            modules.add(item.module)
+    # also the test modules a collected one imports its main_funs from (e.g. the Connect tier's)
+    modules.update(m for name, m in sys.modules.items() if name.startswith("tests.integration.test_"))
+    for module in modules:
+        try:
+            cloudpickle.register_pickle_by_value(module)
+        except ValueError:
+            pass
 
 
 def spark_conf(master: str):

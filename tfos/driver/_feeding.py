@@ -213,6 +213,8 @@ class Feeding:
             while query.isActive and not sup.server.terminated(qname) and sup.failure is None \
                     and sup.state is ClusterState.RUNNING:
                 query.awaitTermination(0.5)
+            if sup.server.terminated(qname) and sup.failure is None:
+                _spark.await_trigger(query, feed_timeout)  # a node ended the feed: the batch in flight records itself
         finally:
             query.stop()
         if sup.failure is not None:

@@ -23,6 +23,7 @@ import re
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -518,6 +519,13 @@ def start_stream(df: Any, on_batch: Callable[[Any, int], None], checkpoint: str 
     Connect, in a Python process beside the server); without ``checkpoint`` Spark picks a temporary one."""
     writer = df.writeStream.foreachBatch(on_batch).queryName(re.sub(r"\W+", "_", name))
     return (writer if checkpoint is None else writer.option("checkpointLocation", checkpoint)).start()
+
+
+def await_trigger(query: Any, timeout: float) -> None:
+    """Waits, up to ``timeout`` seconds, until ``query`` runs no micro-batch."""
+    deadline = time.monotonic() + timeout
+    while query.isActive and query.status.get("isTriggerActive") and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def raise_stream_error(query: Any) -> None:

@@ -10,14 +10,8 @@ import time
 import pytest
 
 import tfos
-from tests.integration.test_reliability import node_pid, train_in_background, wait_for
-
-
-def consume_forever(args, ctx):
-    feed = ctx.get_data_feed()
-    print(f"{ctx.job_name}:{ctx.task_index} is consuming", flush=True)
-    while not feed.should_stop():
-        feed.next_batch(32)
+from tests.integration.test_feed_stream import ROWS_PER_FILE, read_until, seen, write_file
+from tests.integration.test_reliability import consume_forever, node_pid, train_in_background, wait_for
 
 
 def describe_node(args, ctx):
@@ -102,23 +96,7 @@ def test_a_killed_node_fails_training_within_seconds(spark, no_leftovers):
     cluster.shutdown()
 
 
-ROWS_PER_FILE = 50
-
-
-def read_until(args, ctx):
-    """Reads rows until it has ``args["want"]`` of them, records their ids, then ends the feed."""
-    feed = ctx.get_data_feed()
-    ids: list[int] = []
-    while len(ids) < args["want"] and not feed.should_stop():
-        ids += [int(row[0]) for row in feed.next_batch(10)]  # next_batch waits for 10 rows: files hold 50
-    with open(os.path.join(args["out"], f"{args['tag']}-{ctx.job_name}.json"), "w") as f:
-        json.dump(ids, f)
-    feed.terminate()
-
-
 def test_a_stream_is_fed_by_the_connect_server_and_a_restart_feeds_no_batch_twice(spark, tmp_path, no_leftovers):
-    from tests.integration.test_feed_stream import seen, write_file
-
     incoming, out, checkpoint = tmp_path / "in", tmp_path / "out", str(tmp_path / "checkpoint")
     incoming.mkdir()
     out.mkdir()
