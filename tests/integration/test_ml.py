@@ -198,6 +198,24 @@ def test_estimator_pipeline_fits_transforms_and_persists(sc, spark, tmp_path, no
         (2, 30, {"features": "x", "label": "y_true"}, "kept")
 
 
+def test_state_saved_by_an_older_tfos_as_a_pickle_file_still_loads(sc, spark, tmp_path):
+    import shutil
+
+    from pyspark import cloudpickle
+
+    from tfos.ml import TFEstimator
+
+    estimator = TFEstimator(fit_linear, {"note": "old"}).setEpochs(3)
+    path = str(tmp_path / "old")
+    estimator.save(path)
+    shutil.rmtree(os.path.join(path, "state.parquet"))  # as tfos saved it before: an RDD pickle file
+    state = {"args": estimator.args, "train_fn": fit_linear, "export_fn": None, "arg_params": []}
+    sc.parallelize([cloudpickle.dumps(state)], 1).saveAsPickleFile(os.path.join(path, "state"))
+    loaded = TFEstimator.load(path)
+    assert (loaded.uid, loaded.getEpochs(), loaded.args.note, loaded.train_fn.__name__) == \
+        (estimator.uid, 3, "old", "fit_linear")
+
+
 def count_tfrecords(args, ctx):
     """InputMode.TENSORFLOW train_fn: reads the TFRecords fit() left in args.tfrecord_dir."""
     import json

@@ -184,6 +184,19 @@ class Spark:
         """Replaces a small file on any Hadoop filesystem."""
         raise NotImplementedError
 
+    def path_exists(self, path: str) -> bool:
+        """Whether ``path`` (a path or URI on Spark's filesystems) exists, as the Spark driver sees it."""
+        raise NotImplementedError
+
+    def add_file(self, path: str) -> None:
+        """Ships a local file to the executors, where ``SparkFiles.get(<its file name>)`` finds it."""
+        raise NotImplementedError
+
+    def read_pickle_file(self, path: str) -> list[Any]:
+        """The objects of an RDD saved with ``saveAsPickleFile`` (what tfos.ml saved its state as before)."""
+        raise TFOSConfigError(f"{path} was saved by an older tfos as a pickle file, which only a SparkContext reads: "
+                              "load it once from a classic SparkSession and save it again")
+
 
 class Classic(Spark):
     """A SparkContext in this process (py4j to its JVM)."""
@@ -307,6 +320,16 @@ class Classic(Spark):
         fs.delete(hpath, False)
         fs.rename(tmp, hpath)
 
+    def path_exists(self, path: str) -> bool:
+        hpath = self.sc._jvm.org.apache.hadoop.fs.Path(path)
+        return bool(hpath.getFileSystem(self.sc._jsc.hadoopConfiguration()).exists(hpath))
+
+    def add_file(self, path: str) -> None:
+        self.sc.addFile(path)
+
+    def read_pickle_file(self, path: str) -> list[Any]:
+        return self.sc.pickleFile(path).collect()
+
 
 class Connect(Spark):
     """A Spark Connect session: the driver JVM is remote, reached over gRPC; no SparkContext, no RDD.
@@ -391,6 +414,23 @@ class Connect(Spark):
 
     def write_text(self, path: str, text: str) -> None:
         self.spark.createDataFrame([(text,)], "value string").coalesce(1).write.mode("overwrite").text(path)
+
+    def path_exists(self, path: str) -> bool:
+        """Asks the server: analysing a read of ``path`` lists it (no job, no file read)."""
+        from pyspark.errors import AnalysisException
+
+        try:
+            _ = self.spark.read.format("binaryFile").load(path).select("path").schema
+        except AnalysisException as exc:
+            if "PATH_NOT_FOUND" in str(exc):
+                return False
+            raise
+        return True
+
+    def add_file(self, path: str) -> None:
+        """Uploads the file as a session artifact; the executors' Python workers of this session find it
+        with ``SparkFiles.get``."""
+        self.spark.addArtifacts(path, file=True)
 
 
 def _tag(description: str) -> str:

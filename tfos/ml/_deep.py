@@ -19,7 +19,6 @@ they go into a ``Pipeline`` and save / load with it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -33,6 +32,7 @@ from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReadable
 from tfos.errors import TFOSConfigError
 from tfos.ml import _models
 from tfos.ml._models import ModelSource
+from tfos.ml._persist import StateWriter, load_state, save_state
 
 __all__ = ["DeepFeaturizer", "DeepPredictor"]
 
@@ -140,7 +140,7 @@ class _DeepParams(HasInputCol, HasOutputCol):
         from tfos.ml._images import is_image_struct
 
         source = self._source()
-        _models.check_source(dataset.sparkSession.sparkContext, source)
+        _models.check_source(dataset.sparkSession, source)
         if self.getOrDefault(self.batchSize) < 1:
             raise TFOSConfigError(f"batchSize must be at least 1, got {self.getOrDefault(self.batchSize)}")
         column = self.getOrDefault(self.inputCol)
@@ -428,7 +428,7 @@ class _ImageRunner:
         return pa.array(rows, type=kind)
 
 
-class _DeepWriter(MLWriter):
+class _DeepWriter(StateWriter):
     """Saves params as Spark ML metadata, and the preprocess / imageLoader functions with cloudpickle."""
 
     def __init__(self, instance: _DeepParams) -> None:
@@ -442,7 +442,7 @@ class _DeepWriter(MLWriter):
         params = {p.name: v for p, v in instance._paramMap.items() if p.name not in _FUNCTION_PARAMS}
         DefaultParamsWriter.saveMetadata(instance, path, self.sparkSession, paramMap=params)
         blob = cloudpickle.dumps({name: instance.getOrDefault(name) for name in _FUNCTION_PARAMS})
-        self.sparkSession.sparkContext.parallelize([blob], 1).saveAsPickleFile(os.path.join(path, "state"))
+        save_state(self.sparkSession, path, blob)
 
 
 class _DeepReader(MLReader):
@@ -459,8 +459,8 @@ class _DeepReader(MLReader):
         instance = self.cls()
         instance._resetUid(metadata["uid"])
         DefaultParamsReader.getAndSetParams(instance, metadata)
-        blob = self.sparkSession.sparkContext.pickleFile(os.path.join(path, "state")).collect()[0]
-        for name, function in pickle.loads(blob).items():  # older saves hold preprocess alone
+        state = pickle.loads(load_state(self.sparkSession, path))
+        for name, function in state.items():  # older saves hold preprocess alone
             if function is not None:
                 instance._set(**{name: function})
         return instance

@@ -10,7 +10,8 @@ refused unless one is named (``outputName``): its values would otherwise interle
 rows, or the first name in sort order would stand for the model. ``keras.applications``
 architectures are built with ``weights=None`` and read their weights from a file the user
 provides: nothing is downloaded. A model object registered on the driver travels to the
-executors as a file added with ``SparkContext.addFile`` (``ModelSource.shipped``).
+executors as a file shipped with the job (``SparkContext.addFile``, or a Spark Connect file
+artifact: ``ModelSource.shipped``).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class ModelSource:
     model_args: tuple[tuple[str, Any], ...] = ()
     #: The SavedModel signature to run instead of reviving a Keras model (None: Keras first).
     signature: str | None = None
-    #: model_path is the name of a file added with SparkContext.addFile (a model object saved by the driver).
+    #: model_path is the name of a file shipped to the executors (a model object saved by the driver).
     shipped: bool = False
 
     @property
@@ -74,8 +75,10 @@ class ModelSource:
         return f"{self.model_name}({self.weights_path})"
 
 
-def check_source(sc: Any, source: ModelSource) -> None:
+def check_source(spark: Any, source: ModelSource) -> None:
     """Driver-side checks, before any Spark job: one source, a known architecture, files that exist.
+
+    ``spark`` is a SparkSession (classic or Spark Connect) or a SparkContext.
 
     Raises:
         TFOSConfigError: naming the param or file to fix.
@@ -90,7 +93,7 @@ def check_source(sc: Any, source: ModelSource) -> None:
     if source.shipped:
         return
     if source.model_path:
-        if not path_exists(sc, source.model_path):
+        if not path_exists(spark, source.model_path):
             raise TFOSConfigError(f"modelPath {source.model_path} does not exist: point it at a Keras model file "
                                   "(.keras, .h5) or a SavedModel directory that every executor can read")
         return
@@ -102,7 +105,7 @@ def check_source(sc: Any, source: ModelSource) -> None:
             "weightsPath to where every executor can read it (nothing is downloaded at run time)")
     if not source.weights_path:
         raise TFOSConfigError(f"modelName {source.model_name!r} needs weightsPath: {hint}")
-    if not path_exists(sc, source.weights_path):
+    if not path_exists(spark, source.weights_path):
         raise TFOSConfigError(f"weightsPath {source.weights_path} (weights of {source.model_name}) does not exist: "
                               f"{hint}")
 
@@ -116,17 +119,23 @@ def _snake(name: str) -> str:
                    for i, c in enumerate(name))
 
 
-def path_exists(sc: Any, path: str) -> bool:
-    """Whether ``path`` exists, seen from the driver (local paths directly, URIs through Hadoop)."""
-    if path.startswith("file:"):
-        path = path[len("file:"):]
-        if path.startswith("//"):
-            path = path[2:]
-    if "://" not in path:
-        return os.path.exists(path)
-    jvm = sc._jvm
-    hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
-    return bool(hadoop_path.getFileSystem(sc._jsc.hadoopConfiguration()).exists(hadoop_path))
+def path_exists(spark: Any, path: str) -> bool:
+    """Whether ``path`` exists, seen from the driver (local paths directly, URIs through Hadoop).
+
+    On Spark Connect a local path missing here is looked up by the server too: the client may run
+    on another machine than the Spark driver and its executors.
+    """
+    from tfos.driver._spark import backend
+
+    local = path
+    if local.startswith("file:"):
+        local = local[len("file:"):]
+        if local.startswith("//"):
+            local = local[2:]
+    spark = backend(spark)
+    if "://" not in local and (os.path.exists(local) or not spark.remote):
+        return os.path.exists(local)
+    return spark.path_exists(path)
 
 
 def is_local(path: str) -> bool:

@@ -25,6 +25,7 @@ from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReadable
 
 from tfos.config import InputMode
 from tfos.errors import TFOSConfigError
+from tfos.ml._persist import StateWriter, load_state, save_state
 from tfos.ml._tuning import TunableMixin
 
 log = logging.getLogger(__name__)
@@ -199,8 +200,7 @@ class TFEstimator(TunableMixin, Estimator, TFParams, MLReadable, MLWritable):
         if mode == InputMode.TENSORFLOW:
             self._save_tfrecords(dataset, data)
         tf_args = self._tf_args()
-        sc = dataset.sparkSession.sparkContext
-        cluster = run(sc, self._main(), tf_args, self.getOrDefault(self.cluster_size),
+        cluster = run(dataset.sparkSession, self._main(), tf_args, self.getOrDefault(self.cluster_size),
                       num_ps=self.getOrDefault(self.num_ps), tensorboard=self.getOrDefault(self.tensorboard),
                       input_mode=mode, log_dir=self.getOrDefault(self.model_dir),
                       master_node=self.getOrDefault(self.master_node) or None, export_dir=self._tracked_export(),
@@ -210,8 +210,7 @@ class TFEstimator(TunableMixin, Estimator, TFParams, MLReadable, MLWritable):
                 cluster.train(data, num_epochs=self.getOrDefault(self.epochs))
             cluster.shutdown(grace_secs=self.getOrDefault(self.grace_secs))
         if self.export_fn is not None:
-            export_fn = self.export_fn
-            sc.parallelize([0], 1).foreach(lambda _: export_fn(tf_args))
+            run_export(dataset.sparkSession, self.export_fn, tf_args)
         return self._fitted_model()
 
     def _tracked_export(self) -> str | None:
@@ -320,9 +319,10 @@ class TFModel(Model, TFParams, MLReadable, MLWritable):
             batch_size=self.getOrDefault(self.batch_size))
         schema = runner.driver_schema()
         if schema is None:  # not readable here: read it where the executors read the model
-            sc = dataset.sparkSession.sparkContext
+            from tfos.driver._spark import backend
+
             schema = StructType.fromJson(json.loads(
-                sc.parallelize([0], 1).mapPartitions(runner.schema_json).collect()[0]))
+                backend(dataset.sparkSession).run_on_executors(1, runner.schema_json)[0]))
         vectors = {f.name for f in dataset.schema.fields if isinstance(f.dataType, VectorUDT)}
         fed = [(vector_to_array(dataset[c]) if c in vectors else dataset[c]).alias(c) for c in sorted(inputs)]
         tmp = f"__tfos_{self.uid}"
@@ -344,6 +344,26 @@ class TFModel(Model, TFParams, MLReadable, MLWritable):
     @classmethod
     def _restore(cls, state: dict[str, Any]) -> TFModel:
         return cls(state["args"])
+
+
+def run_export(spark: Any, export_fn: Callable[[Any], Any], tf_args: Any) -> None:
+    """Runs ``export_fn(tf_args)`` once, in a one-task Spark job (it may need what only executors reach)."""
+    from tfos.driver._spark import backend
+
+    backend(spark).run_on_executors(1, _Export(export_fn, tf_args))
+
+
+class _Export:
+    """The task of :func:`run_export`."""
+
+    def __init__(self, export_fn: Callable[[Any], Any], tf_args: Any) -> None:
+        self.export_fn = export_fn
+        self.tf_args = tf_args
+
+    def __call__(self, values: Iterator[Any]) -> Iterator[None]:
+        for _ in values:
+            self.export_fn(self.tf_args)
+        yield None
 
 
 def _require_columns(dataset: Any, mapping: dict[str, str]) -> None:
@@ -573,7 +593,7 @@ def _arrow_output(value: Any, arrow_type: Any) -> Any:
     return pa.ListArray.from_arrays(offsets, pa.array(flat.ravel()).cast(arrow_type.value_type)).cast(arrow_type)
 
 
-class _Writer(MLWriter):
+class _Writer(StateWriter):
     """Saves params as Spark ML metadata and the Python state (args, functions) with cloudpickle."""
 
     def __init__(self, instance: Params, state: dict[str, Any]) -> None:
@@ -585,8 +605,7 @@ class _Writer(MLWriter):
         from pyspark import cloudpickle
 
         DefaultParamsWriter.saveMetadata(self.instance, path, self.sparkSession)
-        blob = cloudpickle.dumps(self.state)
-        self.sparkSession.sparkContext.parallelize([blob], 1).saveAsPickleFile(os.path.join(path, "state"))
+        save_state(self.sparkSession, path, cloudpickle.dumps(self.state))
 
 
 class _Reader(MLReader):
@@ -600,8 +619,7 @@ class _Reader(MLReader):
         import pickle
 
         metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
-        blob = self.sparkSession.sparkContext.pickleFile(os.path.join(path, "state")).collect()[0]
-        instance = self.cls._restore(pickle.loads(blob))
+        instance = self.cls._restore(pickle.loads(load_state(self.sparkSession, path)))
         instance._resetUid(metadata["uid"])
         DefaultParamsReader.getAndSetParams(instance, metadata)
         return instance

@@ -5,7 +5,7 @@ own ``pyspark.ml.functions.predict_batch_udf``: a batched pandas UDF whose model
 once per Python worker (predict_batch_udf's model cache) and called on batches of rows. It
 works in ``spark.sql``, in the DataFrame API and on Structured Streaming DataFrames alike.
 The model is a path, or a Keras model object that the driver saves and ships to the
-executors with ``SparkContext.addFile``.
+executors (``SparkContext.addFile``; on Spark Connect, a file artifact of the session).
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def register_model_udf(spark: Any, name: str, model_path: Any, *, input: str = "
         name: the SQL function's name.
         model_path: a Keras model file (``.keras``, ``.h5``) or SavedModel directory, on a path
             every executor can read; or a Keras 3 / tf-keras model object, which is saved on the
-            driver and shipped to the executors (``SparkContext.addFile``).
+            driver and shipped to the executors (``SparkContext.addFile``, or a Spark Connect file
+            artifact).
         input: what the function takes: ``"image"`` (the struct of ``spark.read.format("image")``),
             ``"binary"`` (encoded PNG / JPEG / GIF / BMP bytes, e.g. ``binaryFile``'s ``content``;
             ``name(struct(content, path))`` also hands over the file's path, to name a bad file) or
@@ -81,7 +82,7 @@ def register_model_udf(spark: Any, name: str, model_path: Any, *, input: str = "
                                   "unset signature")
         model_object = model_path
         source = _ship(spark, name, model_object)
-    _models.check_source(spark.sparkContext, source)
+    _models.check_source(spark, source)
     shapes = None
     if input == "array":
         if input_shape is None and model_object is not None:
@@ -101,6 +102,7 @@ def register_model_udf(spark: Any, name: str, model_path: Any, *, input: str = "
 
 def _ship(spark: Any, name: str, model: Any) -> Any:
     """Saves a model object on the driver and adds it to the Spark job's files; returns its source."""
+    from tfos.driver._spark import backend
     from tfos.ml import _models
     from tfos.ml._models import ModelSource
 
@@ -110,7 +112,7 @@ def _ship(spark: Any, name: str, model: Any) -> Any:
     # A fresh name per registration: executors cache models by it, and a re-registered model must not reuse it.
     shipped = os.path.join(directory, f"{uuid.uuid4().hex}-{os.path.basename(path)}")
     os.rename(path, shipped)
-    spark.sparkContext.addFile(shipped)
+    backend(spark).add_file(shipped)
     return ModelSource(model_path=os.path.basename(shipped), shipped=True)
 
 

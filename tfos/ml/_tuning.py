@@ -5,7 +5,8 @@ with one param map per grid point. :class:`TunableMixin` gives ``TFEstimator``:
 
 * ``fitMultiple``: independent single-node trials run in parallel, one Spark task per
   trial (Deep Learning Pipelines' way, on TFParallel's machinery: no TensorFlow cluster,
-  no reservation). The mapped columns are collected once on the driver and broadcast;
+  no reservation). The mapped columns are collected once on the driver and travel with
+  the job (Spark broadcasts a large task closure itself; Spark Connect has no broadcast);
   each task runs ``train_fn(args, ctx)`` with a :class:`TrialContext` whose
   ``get_data_feed`` serves those rows from memory with the DataFeed API. Spark places
   the tasks: N trials on E single-core executors take about ceil(N / E) rounds.
@@ -21,8 +22,9 @@ with one param map per grid point. :class:`TunableMixin` gives ``TFEstimator``:
 * MLflow: when an MLflow run is active where ``fitMultiple`` is called, each trial is a
   child run of it (:class:`tfos.driver._mlflow.TrialRuns`).
 
-Training data travels through the driver here: keep tuning sets small (what fits in a
-broadcast), as Deep Learning Pipelines' ``fitMultiple`` did.
+Training data travels through the driver here: keep tuning sets small (tens of MB; a Spark
+Connect client sends the job in one message of at most 128 MB by default), as Deep Learning
+Pipelines' ``fitMultiple`` did.
 """
 
 from __future__ import annotations
@@ -198,11 +200,12 @@ class _Trials:
 
 
 def run_trials(dataset: Any, trials: list[Any], reported: dict[int, dict[str, Any]] | None = None) -> list[Any]:
-    """Trains each trial (a TFEstimator) as one Spark task over the broadcast data; returns their TFModels.
+    """Trains each trial (a TFEstimator) as one Spark task over the collected data; returns their TFModels.
 
     ``reported``, when given, receives each trial's last ``ctx.report`` values by trial index.
     """
-    from tfos.driver._spark import described
+    from tfos.driver._spark import backend
+    from tfos.ml._pipeline import run_export
 
     first = trials[0]
     mapping = first.getOrDefault(first.input_mapping)
@@ -213,23 +216,17 @@ def run_trials(dataset: Any, trials: list[Any], reported: dict[int, dict[str, An
             raise TFOSConfigError("fitMultiple needs the same input_mapping in every param map; grid over other "
                                   "params")
     columns = _collect_columns(dataset, sorted(mapping))
-    sc = dataset.sparkSession.sparkContext
-    data = sc.broadcast(columns)
+    spark = backend(dataset.sparkSession)
     runs = [_TrialRun(trial.train_fn, trial._tf_args(), index, sorted(mapping),
-                      trial.getOrDefault(trial.epochs), data) for index, trial in enumerate(trials)]
-    try:
-        with described(sc, None, f"tfos fitMultiple: {len(runs)} parallel trials"):
-            results = sc.parallelize(range(len(runs)), len(runs)).mapPartitionsWithIndex(
-                lambda index, _: runs[index]()).collect()
-    finally:
-        data.unpersist()
+                      trial.getOrDefault(trial.epochs), columns) for index, trial in enumerate(trials)]
+    with spark.described(None, f"tfos fitMultiple: {len(runs)} parallel trials"):
+        results = spark.run_on_executors(len(runs), _TrialTasks(runs))
     if reported is not None:
         reported.update(dict(results))
     models = []
     for trial in trials:
         if trial.export_fn is not None:
-            export_fn, tf_args = trial.export_fn, trial._tf_args()
-            sc.parallelize([0], 1).foreach(lambda _, f=export_fn, a=tf_args: f(a))
+            run_export(dataset.sparkSession, trial.export_fn, trial._tf_args())
         models.append(trial._fitted_model())
     log.info("fitMultiple trained %d trials in parallel", len(trials))
     return models
@@ -256,19 +253,31 @@ def _collect_columns(dataset: Any, names: list[str]) -> list[np.ndarray]:
     return out
 
 
-class _TrialRun:
-    """One trial: the Spark task that runs ``train_fn`` with a :class:`TrialContext`."""
+class _TrialTasks:
+    """The job of ``run_trials``: task ``k`` runs trial ``k`` (the trials pickle once, their data with them)."""
 
-    def __init__(self, train_fn: Any, tf_args: Any, index: int, names: list[str], epochs: int, data: Any) -> None:
+    def __init__(self, runs: list[_TrialRun]) -> None:
+        self.runs = runs
+
+    def __call__(self, indices: Iterator[int]) -> Iterator[tuple[int, dict[str, Any]]]:
+        for index in indices:
+            yield from self.runs[index]()
+
+
+class _TrialRun:
+    """One trial: runs ``train_fn`` with a :class:`TrialContext` in a Spark task."""
+
+    def __init__(self, train_fn: Any, tf_args: Any, index: int, names: list[str], epochs: int,
+                 columns: list[np.ndarray]) -> None:
         self.train_fn = train_fn
         self.tf_args = tf_args
         self.index = index
         self.names = names
         self.epochs = epochs
-        self.data = data
+        self.columns = columns
 
     def __call__(self) -> Iterator[tuple[int, dict[str, Any]]]:
-        ctx = TrialContext(self.index, self.names, self.data.value, self.epochs)
+        ctx = TrialContext(self.index, self.names, self.columns, self.epochs)
         self.train_fn(self.tf_args, ctx)
         # its last reports go back to the driver (MLflow child runs); numbers as plain floats
         yield self.index, {k: v if isinstance(v, str) else float(v) for k, v in ctx.metrics.items()
