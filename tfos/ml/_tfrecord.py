@@ -3,8 +3,10 @@
 ``save_tfrecords`` writes one ``part-r-NNNNN`` file of ``tf.train.Example`` records
 per partition; ``load_tfrecords`` reads them back into a DataFrame whose schema is
 inferred from the first record (or given). No Hadoop jar is involved: Spark tasks
-use ``tf.io.TFRecordWriter`` and ``tf.data.TFRecordDataset``, so every filesystem
-TensorFlow knows works. The driver never imports TensorFlow.
+use ``tf.io.TFRecordWriter``, ``tf.data.TFRecordDataset`` and ``tf.io.gfile`` (to list,
+clear and mark the directory), so every filesystem TensorFlow knows works. The driver
+never imports TensorFlow, and both run as DataFrame jobs (``mapInArrow``), the same on a
+classic and a Spark Connect session.
 
 Column types: numbers and booleans become ``int64_list`` / ``float_list``, strings and
 binary ``bytes_list``; arrays and ML vectors of those become lists. Read back, int64
@@ -52,21 +54,22 @@ def save_tfrecords(df: Any, output_dir: str, overwrite: bool = False) -> int:
     if unsupported:
         raise TFOSConfigError(f"columns {', '.join(unsupported)} cannot be stored in tf.train.Example; supported "
                               f"types: {', '.join(SUPPORTED_DTYPES)}. Cast or drop them first.")
-    sc = df.sparkSession.sparkContext
+    from pyspark.ml.functions import vector_to_array
+
+    from tfos.driver._spark import backend
+
+    spark = backend(df.sparkSession)
     output_dir = qualified(output_dir)
-    fs, path = _hadoop_fs(sc, output_dir)
-    if fs.exists(path) and len(fs.listStatus(path)) > 0:
-        if not overwrite:
+    with spark.described(None, f"tfos save TFRecords to {output_dir}"):
+        if spark.run_on_executors(1, _Directory(output_dir, "clear" if overwrite else "create"))[0] == "not empty":
             raise TFOSConfigError(f"{output_dir} exists and is not empty; choose a new directory or pass "
                                   "overwrite=True")
-        fs.delete(path, True)
-    fs.mkdirs(path)
-    from tfos.driver._spark import described
-
-    with described(sc, None, f"tfos save TFRecords to {output_dir}"):
-        counts = df.rdd.mapPartitionsWithIndex(_PartitionWriter(output_dir, dtypes)).collect()
-    fs.create(sc._jvm.org.apache.hadoop.fs.Path(path, "_SUCCESS"), True).close()
-    return int(sum(counts))
+        # vectors as arrays: Arrow carries a vector as a struct; to_example writes both as a float list
+        columns = [(vector_to_array(df[name]) if dtype == "vector" else df[name]).alias(name) for name, dtype in dtypes]
+        writer = _PartitionWriter(output_dir, [(n, "array<double>" if t == "vector" else t) for n, t in dtypes])
+        counts = df.select(columns).mapInArrow(writer, "count long").collect()
+        spark.run_on_executors(1, _Directory(output_dir, "mark"))
+    return int(sum(row["count"] for row in counts))
 
 
 def load_tfrecords(spark: Any, input_dir: str, binary_features: Iterable[str] = (), schema: Any = None) -> Any:
@@ -85,20 +88,21 @@ def load_tfrecords(spark: Any, input_dir: str, binary_features: Iterable[str] = 
     from pyspark.sql import SparkSession
     from pyspark.sql.types import StructType
 
-    session = spark if isinstance(spark, SparkSession) else SparkSession.builder.getOrCreate()
-    sc = session.sparkContext
+    from tfos.driver._spark import backend
+
+    session = spark if hasattr(spark, "createDataFrame") else SparkSession.builder.getOrCreate()  # or a SparkContext
     input_dir = qualified(input_dir)
-    files = _list_files(sc, input_dir)
+    binary = tuple(binary_features)
+    files, first = backend(session).run_on_executors(1, _Listing(input_dir, binary, schema is None))[0]
     if not files:
         raise TFOSConfigError(f"no TFRecord files found at {input_dir}")
-    binary = tuple(binary_features)
     if schema is None:
-        first = sc.parallelize(files, len(files)).mapPartitions(_FirstSchema(binary)).take(1)
-        if not first:
+        if first is None:
             raise TFOSConfigError(f"the TFRecord files at {input_dir} hold no records; pass schema= to read them")
-        schema = StructType.fromJson(json.loads(first[0]))
-    rows = sc.parallelize(files, len(files)).mapPartitions(_PartitionReader(schema.json(), binary))
-    df = session.createDataFrame(rows, schema)
+        schema = StructType.fromJson(json.loads(first))
+    # task k reads file k
+    df = session.range(0, len(files), 1, len(files)).mapInArrow(_PartitionReader(files, schema.json(), binary),
+                                                                 schema)
     _LOADED[df] = input_dir
     return df
 
@@ -187,61 +191,129 @@ def from_example(record: bytes, binary_features: Iterable[str] = (), schema: Any
 
 
 class _PartitionWriter:
-    """Spark task: writes one partition as ``part-r-NNNNN`` (via a temporary file, renamed when complete)."""
+    """``mapInArrow`` task: writes one partition as ``part-r-NNNNN`` (via a temporary file, renamed when complete)
+    and yields its count of records."""
 
     def __init__(self, output_dir: str, dtypes: list[tuple[str, str]]) -> None:
         self.output_dir = output_dir
         self.dtypes = dtypes
 
-    def __call__(self, partition: int, rows: Iterator[Any]) -> Iterator[int]:
+    def __call__(self, batches: Iterator[Any]) -> Iterator[Any]:
+        import pyarrow as pa
         import tensorflow as tf
         from pyspark import TaskContext
 
+        task = TaskContext.get()
+        partition = task.partitionId()
         final = f"{self.output_dir}/part-r-{partition:05d}"
-        temp = f"{self.output_dir}/.part-r-{partition:05d}.attempt-{TaskContext.get().attemptNumber()}"
+        temp = f"{self.output_dir}/.part-r-{partition:05d}.attempt-{task.attemptNumber()}"
         count = 0
         with tf.io.TFRecordWriter(temp) as writer:
-            for count, row in enumerate(rows, start=1):
-                writer.write(to_example(row, self.dtypes, partition, count - 1))
+            for batch in batches:
+                for row in batch.to_pylist():
+                    writer.write(to_example(row, self.dtypes, partition, count))
+                    count += 1
         tf.io.gfile.rename(temp, final, overwrite=True)
-        yield count
+        yield pa.RecordBatch.from_pydict({"count": [count]}, schema=pa.schema([("count", pa.int64())]))
 
 
-class _FirstSchema:
-    """Spark task: the schema (as JSON) of the first record among its files, if any."""
+class _Directory:
+    """One-task job on an output directory: ``create`` it (answering ``not empty`` if it holds files),
+    ``clear`` it (deleting what it holds) or ``mark`` it complete with ``_SUCCESS``."""
 
-    def __init__(self, binary_features: tuple[str, ...]) -> None:
+    def __init__(self, path: str, action: str) -> None:
+        self.path = path
+        self.action = action
+
+    def __call__(self, values: Iterator[Any]) -> Iterator[str]:
+        import tensorflow as tf
+
+        for _ in values:
+            gfile = tf.io.gfile
+            if self.action == "mark":
+                with gfile.GFile(f"{self.path}/_SUCCESS", "w") as marker:
+                    marker.write("")  # GFile creates the file on its first write
+                yield "marked"
+                continue
+            if gfile.exists(self.path) and (not gfile.isdir(self.path) or gfile.listdir(self.path)):
+                if self.action != "clear":
+                    yield "not empty"
+                    continue
+                gfile.rmtree(self.path) if gfile.isdir(self.path) else gfile.remove(self.path)
+            gfile.makedirs(self.path)
+            yield "ready"
+
+
+class _Listing:
+    """One-task job: the data files under a directory (or matching a glob), and the schema of the first
+    record among them (JSON; None when they hold none or it is not asked for)."""
+
+    def __init__(self, input_dir: str, binary_features: tuple[str, ...], infer: bool) -> None:
+        self.input_dir = input_dir
         self.binary_features = binary_features
+        self.infer = infer
 
-    def __call__(self, files: Iterator[str]) -> Iterator[str]:
+    def __call__(self, values: Iterator[Any]) -> Iterator[tuple[list[str], str | None]]:
+        import tensorflow as tf
+
+        gfile = tf.io.gfile
+        for _ in values:
+            files = []
+            for match in gfile.glob(self.input_dir):
+                children = [f"{match}/{name}" for name in gfile.listdir(match)] if gfile.isdir(match) else [match]
+                files += [c for c in children if not os.path.basename(c.rstrip("/")).startswith(("_", "."))
+                          and not gfile.isdir(c)]
+            files = sorted(_tf_uri(f) for f in files)
+            yield files, self._first_schema(files) if self.infer else None
+
+    def _first_schema(self, files: list[str]) -> str | None:
         import tensorflow as tf
 
         for path in files:
             for record in tf.data.TFRecordDataset(path).take(1).as_numpy_iterator():
-                yield infer_schema(tf.train.Example.FromString(record), self.binary_features).json()
-                return
+                return infer_schema(tf.train.Example.FromString(record), self.binary_features).json()
+        return None
 
 
 class _PartitionReader:
-    """Spark task: the rows of its TFRecord files, shaped by the schema."""
+    """``mapInArrow`` task: the rows of the files its ids name, shaped by the schema, as record batches."""
 
-    def __init__(self, schema_json: str, binary_features: tuple[str, ...]) -> None:
+    def __init__(self, files: list[str], schema_json: str, binary_features: tuple[str, ...],
+                 rows_per_batch: int = 4096) -> None:
+        self.files = files
         self.schema_json = schema_json
         self.binary_features = binary_features
+        self.rows_per_batch = rows_per_batch
 
-    def __call__(self, files: Iterator[str]) -> Iterator[tuple[Any, ...]]:
+    def __call__(self, batches: Iterator[Any]) -> Iterator[Any]:
+        import pyarrow as pa
         import tensorflow as tf
+        from pyspark.sql.pandas.types import to_arrow_schema
         from pyspark.sql.types import StructType
 
         schema = StructType.fromJson(json.loads(self.schema_json))
-        names = [f.name for f in schema.fields]
-        for path in files:
-            for i, record in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator()):
-                try:
-                    values = from_example(record, self.binary_features, schema)
-                except FeedDataError as exc:
-                    raise FeedDataError(f"{path} record {i}: {exc}", row=i) from None
-                yield tuple(values[name] for name in names)
+        arrow_schema = to_arrow_schema(schema)
+        for ids in batches:
+            for file_id in ids.column(0).to_pylist():
+                path = self.files[file_id]
+                rows: list[dict[str, Any]] = []
+                for i, record in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator()):
+                    try:
+                        rows.append(from_example(record, self.binary_features, schema))
+                    except FeedDataError as exc:
+                        raise FeedDataError(f"{path} record {i}: {exc}", row=i) from None
+                    if len(rows) == self.rows_per_batch:
+                        yield _batch(pa, rows, arrow_schema, path)
+                        rows = []
+                if rows:
+                    yield _batch(pa, rows, arrow_schema, path)
+
+
+def _batch(pa: Any, rows: list[dict[str, Any]], arrow_schema: Any, path: str) -> Any:
+    try:
+        return pa.RecordBatch.from_pylist(rows, schema=arrow_schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+        raise FeedDataError(f"{path}: records do not fit the schema: {exc}") from None
 
 
 def qualified(path: str) -> str:
@@ -251,28 +323,8 @@ def qualified(path: str) -> str:
     return os.path.abspath(path)
 
 
-def _hadoop_fs(sc: Any, uri: str) -> tuple[Any, Any]:
-    jvm = sc._jvm
-    path = jvm.org.apache.hadoop.fs.Path(uri)
-    return path.getFileSystem(sc._jsc.hadoopConfiguration()), path
-
-
-def _list_files(sc: Any, input_dir: str) -> list[str]:
-    """Data files under ``input_dir`` (or matching it, for a glob), as URIs TensorFlow can open."""
-    fs, path = _hadoop_fs(sc, input_dir)
-    statuses = fs.globStatus(path) or []
-    files = []
-    for status in statuses:
-        children = fs.listStatus(status.getPath()) if status.isDirectory() else [status]
-        for child in children:
-            name = child.getPath().getName()
-            if child.isFile() and not name.startswith(("_", ".")):
-                files.append(_tf_uri(child.getPath().toString()))
-    return sorted(files)
-
-
 def _tf_uri(uri: str) -> str:
-    """TensorFlow opens local files by plain path; Hadoop writes them as ``file:/...``."""
+    """TensorFlow opens local files by plain path, not as ``file:/...``."""
     if uri.startswith("file:"):
         return "/" + uri[len("file:"):].lstrip("/")
     return uri
