@@ -110,21 +110,17 @@ def reserve(args: argparse.Namespace) -> int:
     _refuse_live_handle(args.handle)
     if args.detach:
         return _detach(args)
+    from tfos.driver import _spark
     from tfos.driver._attach import Handle, write_handle
     from tfos.driver._reservation import Reservation
     from tfos.driver._supervisor import ClusterState
 
     if args.remote is not None:
-        from pyspark.sql import SparkSession
-
-        sc: Any = SparkSession.builder.remote(args.remote).getOrCreate()
-        app_id = sc.conf.get("spark.app.id", "") or ""
+        sc: Any = _spark.connect(args.remote)
         where = f"{redact_remote(args.remote)} (Spark Connect)"
     else:
-        from pyspark import SparkConf, SparkContext
-
-        sc = SparkContext(conf=SparkConf().setAll(list(conf.items())))
-        app_id, where = sc.applicationId, args.master
+        sc, where = _spark.start(conf), args.master
+    app_id = _spark.backend(sc).application_id()
     reservation = None
     stop = {"signal": None}
 

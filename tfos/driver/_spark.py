@@ -60,6 +60,20 @@ def backend(spark: Any) -> Spark:
                           f"{type(spark).__name__}")
 
 
+def start(conf: dict[str, str]) -> SparkContext:
+    """A new Spark application with ``conf``, held by this process (the CLI's ``tfos reserve --master``)."""
+    from pyspark import SparkConf, SparkContext
+
+    return SparkContext(conf=SparkConf().setAll(list(conf.items())))
+
+
+def connect(url: str) -> Any:
+    """A Spark Connect session to ``url`` (``sc://HOST:PORT``), made as a notebook makes one."""
+    from pyspark.sql import SparkSession
+
+    return SparkSession.builder.remote(url).getOrCreate()
+
+
 def is_connect(obj: Any) -> bool:
     """True for Spark Connect objects (sessions, DataFrames): they live in ``pyspark.sql.connect``."""
     return type(obj).__module__.startswith("pyspark.sql.connect.")
@@ -76,6 +90,10 @@ class Spark:
     @property
     def master(self) -> str:
         return self.conf("spark.master", "") or ""
+
+    def application_id(self) -> str:
+        """The Spark application's id, as its UI and logs show it."""
+        return self.conf("spark.app.id", "") or ""
 
     def preflight(self, num_executors: int) -> bool:
         """Rejects Spark settings that break reservation; returns True in local (single-JVM) mode."""
@@ -210,6 +228,9 @@ class Classic(Spark):
     @property
     def master(self) -> str:
         return self.sc.master or ""
+
+    def application_id(self) -> str:
+        return self.sc.applicationId
 
     def preflight(self, num_executors: int) -> bool:
         local = super().preflight(num_executors)
