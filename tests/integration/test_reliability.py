@@ -236,7 +236,7 @@ def test_driver_killed_by_a_signal_or_exiting_stops_every_node_at_once(signum, t
 
 
 def test_lost_executor_fails_the_cluster_and_spark_recovers(sc, no_leftovers):
-    from tfos.driver._spark import live_executors
+    from tfos.driver._spark import backend
 
     cluster = tfos.run(sc, idle_until_stopped, None, 2)
     wait_for(lambda: "worker:0 up" in cluster.log_tail("worker:0"), 30, "the node's output")
@@ -248,4 +248,4 @@ def test_lost_executor_fails_the_cluster_and_spark_recovers(sc, no_leftovers):
     assert time.monotonic() - killed_at < 10
     assert info.value.host == worker["host"]
     # The standalone master replaces the executor; later tests get their two executors back.
-    wait_for(lambda: live_executors(sc) == 2, 120, "Spark to replace the lost executor")
+    wait_for(lambda: backend(sc).live_executors() == 2, 120, "Spark to replace the lost executor")
