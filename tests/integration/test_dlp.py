@@ -70,7 +70,7 @@ def keras3_model(tmp_path_factory):
 
     keras.utils.set_random_seed(1)
     inputs = keras.Input((SIZE, SIZE, 3), name="image")
-    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Rescaling(1 / 255, name="rescaling")(inputs)  # not rescaling_1 after other tests' models
     x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = keras.layers.Dense(3, activation="softmax", name="probs")(x)
