@@ -2,9 +2,10 @@
 
 :func:`backend` picks one from what the user passed: :class:`Classic` for a SparkContext or
 a classic SparkSession, :class:`Connect` for a Spark Connect session (no SparkContext, no
-RDD: nodes start as one ``mapInArrow`` job, jobs are cancelled by tag). The rest of the
-driver talks to Spark only through a :class:`Spark` backend: preflight, hosts, labelled and
-cancellable jobs, node tasks, feeding and counting jobs.
+RDD: nodes start as one ``mapInArrow`` job, jobs are cancelled by tag). The rest of tfos
+(the driver, ``tfos.ml``, the CLI) talks to Spark only through a :class:`Spark` backend:
+preflight, hosts, labelled and cancellable jobs, node tasks, feeding and counting jobs,
+files. ``tfos.compat.TFParallel`` alone takes TensorFlowOnSpark's SparkContext as it is.
 
 Jobs tfos starts carry a group (classic job group, Connect job tag) for cancellation and a
 description a person can read in the Spark UI, e.g. "tfos nodes: chief + 2 workers".
