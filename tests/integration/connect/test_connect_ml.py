@@ -9,28 +9,12 @@ import time
 import numpy as np
 import pytest
 
-from tests.integration.test_dlp_sql import SIZE, local_outputs, write_pngs
+from tests.integration import test_dlp_sql
+from tests.integration.test_dlp_sql import local_outputs, write_pngs
 from tests.integration.test_dlp_tuning import RMSE, frame
 from tests.integration.test_ml import typed_frame
 
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    """test_dlp_sql's tiny Keras 3 classifier on 8x8 grayscale images, and a head model on its 3 outputs."""
-    import keras
-
-    keras.utils.set_random_seed(3)
-    root = tmp_path_factory.mktemp("models")
-    inputs = keras.Input((SIZE, SIZE, 1), name="image")
-    x = keras.layers.Rescaling(1 / 255)(inputs)
-    x = keras.layers.Conv2D(2, 3, activation="relu", name="conv")(x)
-    x = keras.layers.Flatten(name="flat")(x)
-    classifier = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="probs")(x))
-    head = keras.Sequential([keras.Input((3,), name="x"), keras.layers.Dense(2, name="y")])
-    paths = str(root / "classifier.keras"), str(root / "head.keras")
-    classifier.save(paths[0])
-    head.save(paths[1])
-    return paths
+models = test_dlp_sql.models  # the same tiny classifier and head, as this module's fixture
 
 
 def fit_on_chief(args, ctx):
