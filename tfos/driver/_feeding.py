@@ -146,11 +146,8 @@ class Feeding:
             return
         sup = self.supervisor
         checkpoint = checkpoint or tempfile.mkdtemp(prefix="tfos-stream-")
-        marker = f"{checkpoint.rstrip('/')}/tfos-fed-{qname}"
-        last_fed = int(self.spark.read_text(marker) or -1)
-        epoch = self._epochs.get(qname, 0)
-        self._epochs[qname] = epoch + 1
-        sup.server.set_plan(qname, epoch, StickyRoutes(self.consumer_ids()))
+        marker, last_fed, epoch = self._begin_stream(qname, checkpoint)
+        assert marker is not None
         errors: list[BaseException] = []
         idle = threading.Event()  # no micro-batch is being fed
         idle.set()
@@ -195,15 +192,21 @@ class Feeding:
         _spark.raise_stream_error(query)
         sup.server.post({"type": Event.FEED_END, "qname": qname, "epoch": epoch}, self.consumer_ids())
 
-    def _train_remote_stream(self, df: Any, feed_timeout: float, qname: str, checkpoint: str | None) -> None:
-        """Spark Connect runs ``foreachBatch`` functions in a Python process beside its server, not here:
-        that process feeds each micro-batch (:class:`_RemoteBatches`) and this one watches the query."""
-        sup = self.supervisor
+    def _begin_stream(self, qname: str, checkpoint: str | None) -> tuple[str | None, int, int]:
+        """(marker of the last micro-batch fed, beside the checkpoint; that batch's id or -1; the stream's
+        epoch) for a stream starting on ``qname``, whose rows go to the nodes by sticky routes."""
         marker = None if checkpoint is None else f"{checkpoint.rstrip('/')}/tfos-fed-{qname}"
         last_fed = int((self.spark.read_text(marker) if marker else None) or -1)
         epoch = self._epochs.get(qname, 0)
         self._epochs[qname] = epoch + 1
-        sup.server.set_plan(qname, epoch, StickyRoutes(self.consumer_ids()))
+        self.supervisor.server.set_plan(qname, epoch, StickyRoutes(self.consumer_ids()))
+        return marker, last_fed, epoch
+
+    def _train_remote_stream(self, df: Any, feed_timeout: float, qname: str, checkpoint: str | None) -> None:
+        """Spark Connect runs ``foreachBatch`` functions in a Python process beside its server, not here:
+        that process feeds each micro-batch (:class:`_RemoteBatches`) and this one watches the query."""
+        sup = self.supervisor
+        marker, last_fed, epoch = self._begin_stream(qname, checkpoint)
         errors_before = len(sup.server.feed_errors())
         # The nodes learn the columns from the first rows they get: no driver-side peek at a stream.
         query = _spark.start_stream(df, _RemoteBatches(self._feeder(qname, epoch, feed_timeout), marker, last_fed),
