@@ -1,7 +1,10 @@
-"""Node-side parts without Spark: log shipping and port ranges."""
+"""Node-side parts without Spark: log shipping, port ranges, the node's child processes."""
 
 import socket
+import subprocess
+import sys
 
+import psutil
 import pytest
 
 from tfos._rpc import NodeClient
@@ -73,3 +76,37 @@ def test_the_keras_setting_picks_what_tf_keras_is_on_the_node(keras, executor_en
     env = {} if executor_env is None else {"TF_USE_LEGACY_KERAS": executor_env}
     set_keras(env, keras)
     assert env["TF_USE_LEGACY_KERAS"] == node_env
+
+
+def run_script(code, *args):
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=60)
+
+
+def test_the_node_starts_children_without_forking_itself(tmp_path):
+    # A fork of the node runs gRPC's fork handlers, which abort the child before it execs when a channel is
+    # busy (grpc/grpc#43055: TensorBoard never started). Python runs its own fork hooks on the same path only.
+    forked = tmp_path / "forked"
+    result = run_script(
+        "import os, subprocess, sys\n"
+        "from tfos.executor._child import start_child\n"
+        "os.register_at_fork(after_in_child=lambda: open(sys.argv[1], 'a').write('forked'))\n"
+        "child = start_child([sys.executable, '-c', 'print(42)'], stdout=subprocess.PIPE, text=True)\n"
+        "print(child.communicate()[0].strip(), child.returncode)\n", forked)
+    assert result.stdout.split() == ["42", "0"], result.stderr
+    assert not forked.exists()
+
+
+def test_a_child_of_the_node_dies_with_it():
+    result = run_script(
+        "import sys\n"
+        "from tfos.executor._child import start_child\n"
+        "print(start_child(['sleep', '120']).pid)\n")
+    try:
+        child = psutil.Process(int(result.stdout))
+    except psutil.NoSuchProcess:
+        return
+    try:
+        child.wait(30)
+    except psutil.TimeoutExpired:
+        child.kill()
+        pytest.fail(f"child {child.pid} outlived the process that started it")

@@ -28,6 +28,7 @@ from tfos._protocol import Event, NodeState
 from tfos._rpc import NodeClient
 from tfos.errors import TFOSConfigError, TFOSError
 from tfos.executor._bootstrap import NodePayload
+from tfos.executor._child import start_child
 from tfos.executor._context import NodeContext
 from tfos.executor._logs import LogShipper
 
@@ -209,9 +210,9 @@ class Node:
         tb_socket = self.sockets.pop("tb")
         host, port = tb_socket.getsockname()[:2]  # the node's cluster-facing address (TFOS_NODE_HOST)
         tb_socket.close()
-        self.tensorboard = subprocess.Popen(
+        self.tensorboard = start_child(
             [sys.executable, "-m", "tensorboard.main", "--logdir", logdir, "--port", str(port), "--host", host],
-            stdout=sys.stdout, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+            stdout=sys.stdout, stderr=subprocess.STDOUT,
         )
         log.info("TensorBoard on port %d serving %s", port, logdir)
 
@@ -230,16 +231,6 @@ def metric_values(metrics: dict[str, Any]) -> dict[str, float | str]:
                                   "float, numpy or TensorFlow scalars) or short strings") from None
         values[name] = int(number) if isinstance(value, (bool, int)) else number
     return values
-
-
-def _die_with_parent() -> None:
-    """Makes a child get SIGTERM if the node dies first (Linux only)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def main() -> None:
