@@ -40,9 +40,16 @@ def test_spark_settings_with_remote_are_refused(capsys, listening):
     assert "start-connect-server.sh --conf KEY=VALUE" in err
 
 
-def test_neither_master_nor_remote_is_refused(capsys):
+def test_neither_master_nor_remote_is_refused(capsys, monkeypatch):
+    monkeypatch.delenv("SPARK_REMOTE", raising=False)
     code, err = reserve(capsys)
-    assert code == 2 and "--master URL" in err and "--remote sc://HOST:PORT" in err
+    assert code == 2 and "--master URL" in err and "--remote sc://HOST:PORT" in err and "SPARK_REMOTE" in err
+
+
+def test_spark_remote_stands_for_remote_as_in_pyspark(capsys, monkeypatch):
+    monkeypatch.setenv("SPARK_REMOTE", "http://127.0.0.1:15002")
+    code, err = reserve(capsys)
+    assert code == 2 and "--remote http://127.0.0.1:15002 is not a Spark Connect URL" in err
 
 
 def test_a_bad_or_unreachable_remote_is_refused(capsys):
@@ -57,12 +64,18 @@ def test_a_bad_or_unreachable_remote_is_refused(capsys):
     assert "s3cret" not in err and "start-connect-server.sh" in err
 
 
-def test_detach_passes_remote_to_the_background_process():
-    args = build_parser().parse_args(["reserve", "--remote", "sc://h:15002", "--num-executors", "3", "--gpus", "1",
-                                      "--detach"])
-    argv = _reserve_argv(args)
-    assert argv[:3] == ["reserve", "--remote", "sc://h:15002"] and "--master" not in argv
+def test_detach_passes_remote_to_the_background_process_off_its_command_line(monkeypatch):
+    monkeypatch.setenv("SPARK_REMOTE", "sc://elsewhere:15002")
+    url = "sc://h:15002/;token=s3cret"
+    args = build_parser().parse_args(["reserve", "--remote", url, "--num-executors", "3", "--gpus", "1", "--detach"])
+    argv, env = _reserve_argv(args)
+    assert env["SPARK_REMOTE"] == url
+    assert "s3cret" not in " ".join(argv) and "--remote" not in argv and "--master" not in argv
     assert argv[argv.index("--gpus") + 1] == "1"
+
+    args = build_parser().parse_args(["reserve", "--master", "local-cluster[2,1,1024]", "--num-executors", "2"])
+    argv, env = _reserve_argv(args)
+    assert "SPARK_REMOTE" not in env and argv[1:3] == ["--master", "local-cluster[2,1,1024]"]
 
 
 def test_a_token_is_not_printed():

@@ -99,12 +99,14 @@ def run_command(args: argparse.Namespace) -> int:
 def reserve(args: argparse.Namespace) -> int:
     if args.num_executors < 1:
         raise TFOSConfigError(f"--num-executors must be >= 1; got {args.num_executors}")
+    if args.remote is None and args.master is None:
+        args.remote = os.environ.get("SPARK_REMOTE") or None  # as a PySpark client reads it
     if args.remote is not None:
         check_remote(args)
     else:
         if args.master is None:
             raise TFOSConfigError("say where to reserve: --master URL (tfos starts a Spark application) or "
-                                  "--remote sc://HOST:PORT (a Spark Connect server)")
+                                  "--remote sc://HOST:PORT (a Spark Connect server; or set SPARK_REMOTE)")
         conf = spark_settings(args)
         check_master(args.master)
     _refuse_live_handle(args.handle)
@@ -250,11 +252,11 @@ def _refuse_live_handle(path: str) -> None:
 
 def _detach(args: argparse.Namespace) -> int:
     """Runs this reservation in a background process and returns once its handle is written."""
-    argv = _reserve_argv(args)
+    argv, env = _reserve_argv(args)
     log_path = f"{os.path.abspath(args.handle)}.log"
     with open(log_path, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "tfos.cli", *argv], stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True, env=env)
     deadline = time.monotonic() + args.reservation_timeout + 120
     while time.monotonic() < deadline:
         code = proc.poll()
@@ -276,15 +278,22 @@ def _detach(args: argparse.Namespace) -> int:
     return TOO_FEW_EXECUTORS
 
 
-def _reserve_argv(args: argparse.Namespace) -> list[str]:
-    where = ["--remote", args.remote] if args.remote is not None else ["--master", args.master]
+def _reserve_argv(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """The background reservation's command line and environment. A Connect URL goes in SPARK_REMOTE: any
+    token in it stays off the command line, which every user of the host can read."""
+    env = dict(os.environ)
+    env.pop("SPARK_REMOTE", None)
+    if args.remote is not None:
+        env["SPARK_REMOTE"], where = args.remote, []
+    else:
+        where = ["--master", args.master]
     argv = ["reserve", *where, "--num-executors", str(args.num_executors), "--num-ps",
             str(args.num_ps), "--gpus", str(args.gpus), "--name", args.name, "--handle", args.handle,
             "--reservation-timeout", str(args.reservation_timeout)]
     argv += ["--eval-node"] * args.eval_node + ["--tensorboard"] * args.tensorboard
     for item in args.conf:
         argv += ["--conf", item]
-    return argv
+    return argv, env
 
 
 def _read_own_handle(path: str, pid: int) -> Any:
