@@ -14,6 +14,7 @@ import argparse
 import threading
 import time
 
+from tfos._protocol import Event, Method
 from tfos._roles import cluster_template
 from tfos._rpc import ControlClient
 from tfos._security import Credential
@@ -34,16 +35,16 @@ def register_concurrently(n: int) -> tuple[float, float]:
         job, index = server.template[eid]
         client = clients[eid]
         go.wait()
-        client.call("Register", {"executor_id": eid, "job_name": job, "task_index": index, "host": "127.0.0.1",
+        client.call(Method.REGISTER, {"executor_id": eid, "job_name": job, "task_index": index, "host": "127.0.0.1",
                                  "port": 10000 + eid, "hostname": f"h{eid}", "workdir": "/w", "pid": eid})
-        while not client.call("AwaitSpec", {"executor_id": eid})["ready"]:
+        while not client.call(Method.AWAIT_SPEC, {"executor_id": eid})["ready"]:
             pass
         got_spec.append(time.perf_counter())
         seq = 0
         while True:
-            reply = client.call("Poll", {"executor_id": eid, "seq": seq})
+            reply = client.call(Method.POLL, {"executor_id": eid, "seq": seq})
             seq = reply["seq"]
-            if any(e["type"] == "stop" for e in reply["events"]):
+            if any(e["type"] == Event.STOP for e in reply["events"]):
                 got_stop.append(time.perf_counter())
                 return
 
@@ -57,7 +58,7 @@ def register_concurrently(n: int) -> tuple[float, float]:
     spec_secs = max(got_spec) - started
     time.sleep(0.2)  # every node is now holding a long-poll
     posted = time.perf_counter()
-    server.post({"type": "stop"})
+    server.post({"type": Event.STOP})
     for t in threads:
         t.join()
     stop_secs = max(got_stop) - posted
