@@ -1,5 +1,6 @@
 """Node-side parts without Spark: log shipping, port ranges, the node's child processes."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -79,7 +80,9 @@ def test_the_keras_setting_picks_what_tf_keras_is_on_the_node(keras, executor_en
 
 
 def run_script(code, *args):
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=60)
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_ENABLE_FORK_SUPPORT"}
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=60,
+                          env=env)
 
 
 def test_the_node_starts_children_without_forking_itself(tmp_path):
@@ -110,3 +113,26 @@ def test_a_child_of_the_node_dies_with_it():
     except psutil.TimeoutExpired:
         child.kill()
         pytest.fail(f"child {child.pid} outlived the process that started it")
+
+
+def test_importing_tfos_keeps_grpc_out_of_forked_children():
+    # With gRPC's fork handlers on, a fork of a process with live channels restarts gRPC's threads in the
+    # child, and a child that then closes its descriptors to exec can abort (PySpark launches its JVM so).
+    result = run_script(
+        "import os, sys, time\n"
+        "from concurrent import futures\n"
+        "import tfos, grpc\n"
+        "server = grpc.server(futures.ThreadPoolExecutor(2))\n"
+        "port = server.add_insecure_port('127.0.0.1:0')\n"
+        "server.start()\n"
+        "try:\n"
+        "    grpc.insecure_channel(f'127.0.0.1:{port}').unary_unary('/tfos/None')(b'', timeout=5)\n"
+        "except grpc.RpcError:\n"
+        "    pass\n"
+        "read, write = os.pipe()\n"
+        "if os.fork() == 0:\n"
+        "    time.sleep(0.5)\n"
+        "    os.write(write, str(len(os.listdir('/proc/self/task'))).encode())\n"
+        "    os._exit(0)\n"
+        "print(os.read(read, 16).decode())\n")
+    assert result.stdout.strip() == "1", result.stderr
