@@ -208,6 +208,14 @@ def test_silent_nodes_are_found_and_given_up(server, client, monkeypatch):
     assert silent[0].exited and silent[0] not in server.silent_nodes(timeout=0.0)
 
 
+def test_silence_counts_from_the_end_of_a_held_poll(server, client):
+    register_all(client)
+    client.call("Poll", {"executor_id": 0, "seq": 0})  # held for the whole TFOS_POLL_HOLD_SECS (0.5 s)
+    time.sleep(0.2)
+    # 0.7 s since the poll came, 0.2 s since its answer: the node has the whole timeout to poll again
+    assert "ps:0" not in {n.role for n in server.silent_nodes(timeout=0.45)}
+
+
 def test_a_held_node_between_runs_is_judged_by_its_agent_heartbeat(monkeypatch):
     monkeypatch.setenv("TFOS_POLL_HOLD_SECS", "0.05")
     server = ControlServer(cluster_template(1, 0, "chief", False), CRED)

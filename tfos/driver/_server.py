@@ -176,6 +176,9 @@ class ControlServer:
                 node.stats = msg["stats"]
             self._cond.wait_for(lambda: len(node.events) > seq or self._abort_reason is not None,
                                 timeout=C.get_float(C.POLL_HOLD_SECS))
+            # Silence counts from the end of the hold: the node gets the whole heartbeat timeout to poll again,
+            # however long it was held (a node importing TensorFlow may hold the GIL for seconds).
+            node.last_seen = time.monotonic()
             events = node.events[seq:]
             if self._abort_reason and not any(e["type"] == Event.STOP for e in node.events):
                 events.append({"type": Event.STOP, "reason": self._abort_reason})
