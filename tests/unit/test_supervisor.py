@@ -14,8 +14,8 @@ import pytest
 
 from tfos._roles import cluster_template
 from tfos._rpc import ControlClient
-from tfos.driver._supervisor import TRANSITIONS, ClusterState, Generation, Supervisor, describe
-from tfos.errors import AuthError, NodeError, ReservationTimeoutError, TFOSError
+from tfos.driver._supervisor import JOB_END_GRACE, TRANSITIONS, ClusterState, Generation, Supervisor, describe
+from tfos.errors import AuthError, NodeError, NodeFailedError, ReservationTimeoutError, TFOSError
 
 S = ClusterState
 
@@ -34,6 +34,7 @@ class FakeJobs:
         self.stop_gate = stop_gate  # (generation number, Event) held while stopping that generation
         self.started: list[Generation] = []
         self.threads: list[threading.Thread] = []
+        self.graces: list[float] = []  # what each stop() was given
 
     def start(self, gen: Generation) -> None:
         self.started.append(gen)
@@ -42,7 +43,8 @@ class FakeJobs:
             t.start()
             self.threads.append(t)
 
-    def stop(self, gen: Generation) -> None:
+    def stop(self, gen: Generation, grace: float) -> None:
+        self.graces.append(grace)
         if self.stop_gate and self.stop_gate[0] == gen.number:
             self.stop_gate[1].wait(10)
 
@@ -73,6 +75,9 @@ class FakeJobs:
                     return
                 if spec.get("ready"):
                     break
+            if what == "silent":  # registered, then nothing: a stopped or cut-off node
+                threading.Event().wait(30)
+                return
             if what == "fail":
                 client.call("Report", {"executor_id": eid, "state": "failed", "message": "ValueError: boom",
                                        "traceback": "Traceback: boom"})
@@ -148,6 +153,25 @@ def test_node_failure_restarts_every_node_in_a_new_generation():
     sup.teardown("done")
     assert sup.state is S.STOPPED
     wait_for(lambda: not jobs.alive())
+
+
+def test_a_silent_nodes_job_is_cancelled_at_once_and_a_stopped_clusters_job_gets_its_grace(monkeypatch):
+    monkeypatch.setenv("TFOS_HEARTBEAT_TIMEOUT_SECS", "1")
+    monkeypatch.setenv("TFOS_POLL_HOLD_SECS", "0.2")
+    jobs = FakeJobs(behaviour=lambda gen, eid: "silent" if eid == 1 else "run")
+    sup = supervisor(jobs)
+    sup.start()
+    wait_for(lambda: sup.state is S.FAILED)
+    with pytest.raises(NodeFailedError, match="worker:0 .*sent no heartbeat"):
+        sup.raise_failure_once()
+    assert jobs.graces == [0.0]  # its task would never end by itself: waiting only delays the error
+
+    jobs = FakeJobs()
+    sup = supervisor(jobs)
+    sup.start()
+    sup.begin_stop()
+    sup.teardown("done")
+    assert jobs.graces == [JOB_END_GRACE] and JOB_END_GRACE > 0
 
 
 def test_without_restarts_a_failure_fails_the_cluster_and_is_raised_once():

@@ -391,10 +391,10 @@ class SparkNodeJobs:
 
         generation.job = self.spark.job_thread(generation.job_group, self.description, body)
 
-    def stop(self, generation: Generation) -> None:
+    def stop(self, generation: Generation, grace: float) -> None:
         if generation.job is None:
             return
-        generation.job.join(timeout=5)
+        generation.job.join(timeout=grace)
         if generation.job.is_alive():
             self.spark.cancel(generation.job_group)
             generation.job.join(timeout=10)

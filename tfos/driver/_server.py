@@ -50,6 +50,9 @@ class NodeStatus:
     exited: bool = False
     #: Set when the node process died or its executor was lost (not a main_fun exception).
     lost: str | None = None
+    #: Set when the driver stopped waiting for a silent node (:meth:`ControlServer.give_up`): its process
+    #: may still be there, stopped or cut off, and its task will not end by itself.
+    given_up: bool = False
     log_tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=LOG_TAIL_LINES))
     #: Every line the node printed, up to LOG_KEEP_LINES (``tfos logs``); log_count counts all ever received.
     log_lines: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=LOG_KEEP_LINES))
@@ -396,7 +399,7 @@ class ControlServer:
         """Stops waiting for ``node``: it is lost and will never report again."""
         with self._cond:
             node.lost = reason
-            node.exited = True
+            node.exited = node.given_up = True
             self._cond.notify_all()
 
     def launch_errors(self) -> dict[int, dict[str, str]]:

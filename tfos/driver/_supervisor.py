@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two looks of the failure monitor.
 MONITOR_TICK = 0.5
+#: Seconds a stopping generation's node job gets to end by itself (its tasks report and clean up) before it is
+#: cancelled.
+JOB_END_GRACE = 5.0
 
 
 class ClusterState(enum.Enum):
@@ -89,8 +92,8 @@ class NodeJobs(Protocol):
     def start(self, generation: Generation) -> None:
         """Starts the job without blocking; on failure sets ``generation.job_error`` and wakes its server."""
 
-    def stop(self, generation: Generation) -> None:
-        """Ends the job (waits, then cancels it); bounded."""
+    def stop(self, generation: Generation, grace: float) -> None:
+        """Ends the job: waits up to ``grace`` seconds for it to end by itself, then cancels it; bounded."""
 
     def executors(self) -> int:
         """Executors available now, for error messages (-1 if unknown)."""
@@ -218,7 +221,10 @@ class Supervisor:
             server.post({"type": Event.STOP, "reason": reason})
             server.wait(lambda: all(n.exited or n.idle_agent for n in nodes.values()), timeout=15)
         server.abort(reason)
-        self.jobs.stop(gen)
+        # Node tasks end by themselves once their nodes exited; one whose node was given up (silent, stopped,
+        # cut off) or never exited would not, so the job is cancelled at once rather than waited for.
+        stuck = any(n.given_up or not (n.exited or n.idle_agent) for n in nodes.values())
+        self.jobs.stop(gen, grace=0.0 if stuck else JOB_END_GRACE)
         server.stop()
 
     # ---- failures and restarts ---------------------------------------------------------
