@@ -35,6 +35,33 @@ class RDD:
     """Named like pyspark's, as the refusal reads the type's name."""
 
 
+class FakeSparkContext:
+    """What Classic.preflight reads of a SparkContext: its settings, master and Python."""
+
+    def __init__(self, values, python_exec="python3"):
+        self.values, self.master, self.pythonExec = values, values.get("spark.master", "local[1]"), python_exec
+
+    def getConf(self):
+        return FakeConf(self.values)
+
+
+@pytest.mark.parametrize("env, setting, runs", [
+    (None, None, "DRIVER"),  # neither: the driver's own Python
+    (None, "/opt/venv/bin/python", "/opt/venv/bin/python"),  # the setting, which PySpark alone ignores here
+    ("/env/python", "/opt/venv/bin/python", "/env/python"),  # spark-submit made the variable from it
+])
+def test_executors_run_the_python_the_user_named(monkeypatch, env, setting, runs):
+    import sys
+
+    if env is None:
+        monkeypatch.delenv("PYSPARK_PYTHON", raising=False)
+    else:
+        monkeypatch.setenv("PYSPARK_PYTHON", env)
+    sc = FakeSparkContext({"spark.pyspark.python": setting} if setting else {}, python_exec=env or "python3")
+    _spark.Classic(sc).preflight(1)
+    assert sc.pythonExec == (sys.executable if runs == "DRIVER" else runs)
+
+
 def test_a_connect_session_gets_the_connect_backend_and_anything_else_is_named():
     assert isinstance(_spark.backend(FakeConnectSession({})), _spark.Connect)
     with pytest.raises(TFOSConfigError, match=r"expected a SparkSession .* got dict"):

@@ -235,10 +235,14 @@ class Classic(Spark):
 
     def preflight(self, num_executors: int) -> bool:
         local = super().preflight(num_executors)
-        user_python = self.conf("spark.pyspark.python") or os.environ.get("PYSPARK_PYTHON")
-        if not user_python and self.sc.pythonExec != sys.executable:
-            log.info("PYSPARK_PYTHON not set: executors will run %s like the driver", sys.executable)
-            self.sc.pythonExec = sys.executable
+        # Executors run sc.pythonExec, which PySpark takes from PYSPARK_PYTHON only: spark-submit turns
+        # spark.pyspark.python into that variable, but a SparkContext made in a plain Python process (a
+        # notebook, tfos reserve) ignores the setting and runs python3 from the PATH.
+        python = os.environ.get("PYSPARK_PYTHON") or self.conf("spark.pyspark.python") or sys.executable
+        if self.sc.pythonExec != python:
+            log.info("executors will run %s (%s)", python, "spark.pyspark.python" if python != sys.executable
+                     else "PYSPARK_PYTHON not set: the driver's Python")
+            self.sc.pythonExec = python
         return local
 
     def server_hosts(self) -> tuple[str, str]:
