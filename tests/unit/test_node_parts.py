@@ -52,14 +52,25 @@ def test_a_broken_log_channel_never_raises(tmp_path, error):
         assert shipper.dropped == 2
 
 
-def test_port_range_skips_ports_in_use_and_names_the_setting_when_full():
-    with socket.socket() as busy:
+def busy_port_before_a_free_one() -> socket.socket:
+    """A socket holding port P, where P + 1 was free a moment ago (another process may hold any port)."""
+    for _ in range(100):
+        busy = socket.socket()
         busy.bind(("", 0))
+        with socket.socket() as probe:
+            try:
+                probe.bind(("", busy.getsockname()[1] + 1))
+                return busy
+            except OSError:
+                busy.close()
+    raise AssertionError("no port P with P + 1 free in 100 tries")
+
+
+def test_port_range_skips_ports_in_use_and_names_the_setting_when_full():
+    with busy_port_before_a_free_one() as busy:
         port = busy.getsockname()[1]
-        free = _bind_tcp(ports=range(port, port + 2)) if port < 65535 else None
-        if free is not None:
+        with _bind_tcp(ports=range(port, port + 2)) as free:
             assert free.getsockname()[1] == port + 1
-            free.close()
         with pytest.raises(TFOSError, match="TFOS_NODE_PORT"):
             _bind_tcp(ports=range(port, port + 1))
         with pytest.raises(TFOSError, match="TFOS_FEED_PORT"):
