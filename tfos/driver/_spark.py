@@ -240,8 +240,7 @@ class Classic(Spark):
         # notebook, tfos reserve) ignores the setting and runs python3 from the PATH.
         python = os.environ.get("PYSPARK_PYTHON") or self.conf("spark.pyspark.python") or sys.executable
         if self.sc.pythonExec != python:
-            log.info("executors will run %s (%s)", python, "spark.pyspark.python" if python != sys.executable
-                     else "PYSPARK_PYTHON not set: the driver's Python")
+            log.info("executors will run %s", python)
             self.sc.pythonExec = python
         return local
 
