@@ -216,6 +216,22 @@ def test_silence_counts_from_the_end_of_a_held_poll(server, client):
     assert "ps:0" not in {n.role for n in server.silent_nodes(timeout=0.45)}
 
 
+def test_a_node_whose_poll_is_held_longer_than_the_heartbeat_timeout_is_not_silent(server, client):
+    register_all(client)
+    node, agent = server.nodes()[0], server.nodes()[1]
+    agent.agent_seen = time.monotonic()  # chief:0 is a held node between runs, judged by its agent's polls
+    polls = [threading.Thread(target=client.call, args=(method, {"executor_id": eid, "seq": 0}))
+             for method, eid in (("Poll", 0), ("AgentPoll", 1))]
+    for poll in polls:
+        poll.start()
+    time.sleep(0.35)  # both polls are held for TFOS_POLL_HOLD_SECS (0.5 s), longer than the 0.1 s timeout
+    assert node not in server.silent_nodes(timeout=0.1) and agent not in server.silent_agents(timeout=0.1)
+    for poll in polls:
+        poll.join()
+    time.sleep(0.2)  # neither polled again since: now both are silent
+    assert node in server.silent_nodes(timeout=0.1) and agent in server.silent_agents(timeout=0.1)
+
+
 def test_a_held_node_between_runs_is_judged_by_its_agent_heartbeat(monkeypatch):
     monkeypatch.setenv("TFOS_POLL_HOLD_SECS", "0.05")
     server = ControlServer(cluster_template(1, 0, "chief", False), CRED)

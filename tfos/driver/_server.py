@@ -47,6 +47,9 @@ class NodeStatus:
     stats: dict[str, Any] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
     last_seen: float = field(default_factory=time.monotonic)
+    #: Polls of the node's process (or agent) the driver is holding now: the node is heard from while it waits.
+    holding: int = 0
+    agent_holding: int = 0
     exited: bool = False
     #: Set when the node process died or its executor was lost (not a main_fun exception).
     lost: str | None = None
@@ -161,9 +164,11 @@ class ControlServer:
     def _await_spec(self, msg: dict[str, Any]) -> dict[str, Any]:
         eid = _field(msg, "executor_id", int)
         with self._cond:
-            if eid in self._nodes:
-                self._nodes[eid].last_seen = time.monotonic()
-            self._cond.wait_for(self._ready_or_aborted, timeout=C.get_float(C.POLL_HOLD_SECS))
+            node = self._nodes.get(eid)
+            if node is None:
+                self._cond.wait_for(self._ready_or_aborted, timeout=C.get_float(C.POLL_HOLD_SECS))
+            else:
+                self._hold(node, self._ready_or_aborted)
             if self._abort_reason:
                 return {"ready": False, "aborted": self._abort_reason}
             if not self._all_registered():
@@ -174,18 +179,25 @@ class ControlServer:
         node = self._node(msg)
         seq = _field(msg, "seq", int)
         with self._cond:
-            node.last_seen = time.monotonic()
             if isinstance(msg.get("stats"), dict) and not _final(node):
                 node.stats = msg["stats"]
-            self._cond.wait_for(lambda: len(node.events) > seq or self._abort_reason is not None,
-                                timeout=C.get_float(C.POLL_HOLD_SECS))
-            # Silence counts from the end of the hold: the node gets the whole heartbeat timeout to poll again,
-            # however long it was held (a node importing TensorFlow may hold the GIL for seconds).
-            node.last_seen = time.monotonic()
+            self._hold(node, lambda: len(node.events) > seq or self._abort_reason is not None)
             events = node.events[seq:]
             if self._abort_reason and not any(e["type"] == Event.STOP for e in node.events):
                 events.append({"type": Event.STOP, "reason": self._abort_reason})
             return {"events": events, "seq": seq + len(events)}
+
+    def _hold(self, node: NodeStatus, predicate: Callable[[], bool]) -> None:
+        """Holds a node's poll (under the lock) until ``predicate()`` or TFOS_POLL_HOLD_SECS. A held node is not
+        silent, however long the hold; silence counts from its end, so the node gets the whole heartbeat
+        timeout to poll again (a node importing TensorFlow may hold the GIL for seconds)."""
+        node.last_seen = time.monotonic()
+        node.holding += 1
+        try:
+            self._cond.wait_for(predicate, timeout=C.get_float(C.POLL_HOLD_SECS))
+        finally:
+            node.holding -= 1
+            node.last_seen = time.monotonic()
 
     def _report(self, msg: dict[str, Any]) -> dict[str, Any]:
         state = _field(msg, "state", str)
@@ -288,9 +300,13 @@ class ControlServer:
         hold = min(float(msg.get("hold", C.get_float(C.POLL_HOLD_SECS))), C.get_float(C.POLL_HOLD_SECS))
         with self._cond:
             node.agent_seen = time.monotonic()
-            self._cond.wait_for(lambda: len(node.agent_events) > seq or self._abort_reason is not None,
-                                timeout=max(0.0, hold))
-            node.agent_seen = time.monotonic()
+            node.agent_holding += 1
+            try:
+                self._cond.wait_for(lambda: len(node.agent_events) > seq or self._abort_reason is not None,
+                                    timeout=max(0.0, hold))
+            finally:
+                node.agent_holding -= 1
+                node.agent_seen = time.monotonic()
             events = node.agent_events[seq:]
             if self._abort_reason and not any(e["type"] == Event.RELEASE for e in node.agent_events):
                 events.append({"type": Event.RELEASE, "reason": self._abort_reason})
@@ -339,11 +355,12 @@ class ControlServer:
             self._cond.notify_all()
 
     def silent_agents(self, timeout: float) -> list[NodeStatus]:
-        """Held nodes whose agent has not polled for ``timeout`` seconds (its executor is gone)."""
+        """Held nodes whose agent's last poll ended over ``timeout`` seconds ago, with none held now (its
+        executor is gone)."""
         now = time.monotonic()
         with self._cond:
             return [n for _, n in sorted(self._nodes.items())
-                    if n.agent_seen is not None and now - n.agent_seen > timeout]
+                    if n.agent_seen is not None and not n.agent_holding and now - n.agent_seen > timeout]
 
     def wait(self, predicate: Callable[[], bool], timeout: float | None) -> bool:
         """Waits until ``predicate()`` (called under the lock) holds; returns it."""
@@ -385,7 +402,7 @@ class ControlServer:
                     node.agent_seen = min(now, node.agent_seen + seconds)
 
     def silent_nodes(self, timeout: float) -> list[NodeStatus]:
-        """Nodes still running that have not polled for ``timeout`` seconds.
+        """Nodes still running whose last poll ended over ``timeout`` seconds ago, with none held now.
 
         A held node between runs has no node process to poll: its agent's heartbeat
         counts instead (:meth:`silent_agents`).
@@ -393,7 +410,7 @@ class ControlServer:
         now = time.monotonic()
         with self._cond:
             return [n for _, n in sorted(self._nodes.items())
-                    if not n.exited and not n.idle_agent and now - n.last_seen > timeout]
+                    if not n.exited and not n.idle_agent and not n.holding and now - n.last_seen > timeout]
 
     def give_up(self, node: NodeStatus, reason: str) -> None:
         """Stops waiting for ``node``: it is lost and will never report again."""
